@@ -1,0 +1,53 @@
+"""The interface every coding scheme shares, so the master loop never branches on names.
+
+A scheme turns k source pieces into n subtask inputs and, from whichever subtask
+outputs have arrived, says whether it can rebuild the k source outputs and does so.
+Pieces are tensors stacked on dim 0; the scheme never looks inside them.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Collection, Mapping
+
+import torch
+
+
+class DecodeError(RuntimeError):
+    """Raised when decode is asked for before enough outputs have arrived."""
+
+
+class Scheme(ABC):
+    """k-of-n style coding of width pieces.
+
+    ``pieces_per_task`` (m) is how many equal width pieces one subtask carries: 1 for
+    the paper's real codes, 2 for codes that embed complex numbers as 2x2 rotations.
+    The master cuts the output into ``source_pieces = k * m`` equal pieces.
+    """
+
+    name: str
+    n: int
+    k: int
+    pieces_per_task: int = 1
+
+    @property
+    def source_pieces(self) -> int:
+        return self.k * self.pieces_per_task
+
+    @abstractmethod
+    def encode(self, pieces: torch.Tensor) -> torch.Tensor:
+        """(k*m, ...) source pieces -> (n, m, ...) subtask inputs."""
+
+    @abstractmethod
+    def decodable(self, arrived: Collection[int]) -> bool:
+        """Can the source outputs be rebuilt from the subtasks in ``arrived``?"""
+
+    @abstractmethod
+    def decode(self, outputs: Mapping[int, torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        """{subtask: (m, ...) output} -> ((k*m, ...) source outputs, subtasks used).
+
+        ``outputs`` is in arrival order; a scheme uses the earliest ones it needs.
+        """
+
+    def describe(self) -> str:
+        return f"{self.name}(n={self.n}, k={self.k}, m={self.pieces_per_task})"

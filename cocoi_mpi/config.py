@@ -1,0 +1,119 @@
+"""One RunConfig: defaults < TOML file < command line, validated before any MPI traffic.
+
+Every rank parses and validates the same arguments, so a bad setting fails on all
+ranks at once without a message exchanged (rank 0 alone prints it): no hang.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from .codes import CODES
+
+
+class ConfigError(ValueError):
+    """A setting is missing, unknown or out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs to know; recorded as JSON in the HDF5 file."""
+
+    model: str = "vgg16"
+    weights: str | None = None
+    input: str | None = None
+    requests: int = 1
+    n: int | None = None  # workers; default: world size - 1
+    k: int | None = None  # sources per layer; default: max(1, n - 2)
+    code: str = "rotation"
+    systematic: bool = False
+    seed: int = 0
+    out: str | None = None
+    name: str | None = None
+    check: bool = True
+    tolerance: float = 1e-4  # max |coded - local| / max |local logit| for the check
+    threads: int = 0  # torch threads per rank; 0: cores / ranks on this node
+    silent: tuple[int, ...] = field(default_factory=tuple)  # worker ranks that never reply
+    quiet: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file; its keys are RunConfig fields (a [run] table also works)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    data = data.get("run", data)
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+    return data
+
+
+def build_config(file: str | None, overrides: dict[str, Any], world_size: int) -> RunConfig:
+    """Merge file and CLI values (CLI wins; None means 'not given') and validate."""
+    values = load_toml(file) if file else {}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "silent" in values:
+        values["silent"] = parse_ranks(values["silent"])
+    try:
+        cfg = RunConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
+    return resolve(cfg, world_size)
+
+
+def parse_ranks(value: Any) -> tuple[int, ...]:
+    """'1,3' or [1, 3] -> (1, 3)."""
+    if isinstance(value, str):
+        parts = [p for p in value.replace(" ", "").split(",") if p]
+        try:
+            return tuple(int(p) for p in parts)
+        except ValueError:
+            raise ConfigError(
+                f"silent must be a comma-separated list of ranks, got {value!r}"
+            ) from None
+    return tuple(int(v) for v in value)
+
+
+def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
+    """Fill n and k from the world and check every range."""
+    if world_size < 2:
+        raise ConfigError(
+            "world size is 1: cocoi needs a master and at least one worker "
+            "(start it with mpirun -np N, N >= 2)"
+        )
+    n = cfg.n if cfg.n is not None else world_size - 1
+    if not 1 <= n <= world_size - 1:
+        raise ConfigError(f"n={n} workers need a world of n+1 ranks; this world has {world_size}")
+    k = cfg.k if cfg.k is not None else max(1, n - 2)
+    if not 1 <= k <= n:
+        raise ConfigError(f"k must satisfy 1 <= k <= n={n}, got k={k}")
+    if cfg.code not in CODES:
+        raise ConfigError(f"unknown code {cfg.code!r}; choose one of: {', '.join(CODES)}")
+    if cfg.requests < 1:
+        raise ConfigError(f"requests must be >= 1, got {cfg.requests}")
+    if cfg.threads < 0:
+        raise ConfigError(f"threads must be >= 0, got {cfg.threads}")
+    bad = [r for r in cfg.silent if not 1 <= r <= n]
+    if bad:
+        raise ConfigError(f"silent ranks {bad} are not worker ranks 1..{n}")
+    if len(set(cfg.silent)) > n - k:
+        raise ConfigError(
+            f"{len(set(cfg.silent))} silent workers exceed what n={n}, k={k} tolerates ({n - k})"
+        )
+    return dataclasses.replace(cfg, n=n, k=k, silent=tuple(sorted(set(cfg.silent))))

@@ -1,0 +1,228 @@
+"""The master's per-layer logic, independent of how subtasks reach workers.
+
+``Engine.run_conv`` plans a layer (k for this width), splits, encodes, hands the n
+subtasks to ``_execute`` (MPI in runtime/master.py, in-process in ``LocalEngine``),
+decodes and merges. Proxies installed into any nn.Module call it, so VGG16, ResNet18
+and a user's own CNN all go through the same path.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .codes import Scheme, make_code
+from .convtask import (
+    ConvSpec,
+    NotSplittable,
+    Prepared,
+    conv_spec,
+    cut_pieces,
+    layer_k,
+    merge,
+    remainder,
+    worker_conv,
+)
+
+
+@dataclass
+class Execution:
+    """What came back from the workers for one round, as the engine needs it."""
+
+    outputs: dict[int, torch.Tensor]  # subtask index -> output, in arrival order
+    send_s: float = 0.0
+    wait_s: float = 0.0
+    remainder_s: float = 0.0
+    rest: torch.Tensor | None = None
+    n_outstanding: int = 0
+    n_failed: int = 0
+    subtasks: list[dict] = field(default_factory=list)
+
+
+class Engine:
+    """Runs type-1 convs as coded rounds and keeps their trace rows."""
+
+    def __init__(
+        self,
+        n: int,
+        k: int,
+        code: str = "rotation",
+        systematic: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.n, self.k, self.code_name, self.systematic = n, k, code, systematic
+        self.clock = clock
+        self.t0 = clock()
+        self.request = -1
+        self.round = 0
+        self.bypass = False
+        self.rounds: list[dict] = []
+        self.subtasks: list[dict] = []
+        self._codes: dict[int, Scheme] = {}
+
+    def code_for(self, k: int) -> Scheme:
+        if k not in self._codes:
+            self._codes[k] = make_code(self.code_name, self.n, k, self.systematic)
+        return self._codes[k]
+
+    @property
+    def pieces_per_task(self) -> int:
+        return self.code_for(1).pieces_per_task
+
+    def now(self) -> float:
+        return self.clock() - self.t0
+
+    @contextmanager
+    def local_only(self) -> Iterator[None]:
+        """Run proxies as plain convs (the reference forward pass)."""
+        old, self.bypass = self.bypass, True
+        try:
+            yield
+        finally:
+            self.bypass = old
+
+    def run_conv(self, spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """One coded round for a type-1 conv, or a local conv when it cannot be split."""
+        try:
+            k = layer_k(spec, x.shape[3], self.k, self.pieces_per_task)
+        except NotSplittable:
+            return local_conv(spec, x, bias)
+        return self._coded_round(spec, x, bias, self.code_for(k))
+
+    def _coded_round(
+        self, spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None, code: Scheme
+    ) -> torch.Tensor:
+        t_start = self.now()
+        split, padded, pieces = cut_pieces(spec, x, code.source_pieces)
+        t_split = self.now()
+        prep = Prepared(split, padded, code.encode(pieces).contiguous())
+        t_enc = self.now()
+        self.round += 1
+        ex = self._execute(spec, prep, code, self.round)
+        t_dec0 = self.now()
+        decoded, used = code.decode(ex.outputs)
+        t_dec = self.now()
+        out = merge(decoded, ex.rest, bias)
+        t_end = self.now()
+        self.rounds.append(
+            dict(
+                request=self.request,
+                round=self.round,
+                layer=spec.name,
+                layer_index=spec.layer_id,
+                k=code.k,
+                n=code.n,
+                r=code.n - code.k,
+                pieces_per_worker=code.pieces_per_task,
+                width_out=split.width_out,
+                piece_width=split.piece_width,
+                remainder_width=split.remainder_width,
+                start=t_start,
+                split_s=t_split - t_start,
+                encode_s=t_enc - t_split,
+                send_s=ex.send_s,
+                wait_s=ex.wait_s,
+                decode_s=t_dec - t_dec0,
+                merge_s=t_end - t_dec,
+                remainder_s=ex.remainder_s,
+                total_s=t_end - t_start,
+                n_used=len(used),
+                n_outstanding=ex.n_outstanding,
+                n_failed=ex.n_failed,
+                used_workers=",".join(str(self.worker_label(i)) for i in used),
+                systematic_shortcut=bool(
+                    getattr(code, "systematic", False) and sorted(used) == list(range(code.k))
+                ),
+            )
+        )
+        for row in ex.subtasks:
+            if row.get("status", "replied") == "replied":
+                row["status"] = "used" if row["code_row"] in used else "late"
+        self.subtasks.extend(ex.subtasks)
+        return out
+
+    def worker_label(self, subtask: int) -> int:
+        """How a subtask's worker is named in traces (the MPI rank in real runs)."""
+        return subtask + 1
+
+    def _execute(self, spec: ConvSpec, prep, code: Scheme, round_id: int) -> Execution:
+        raise NotImplementedError
+
+    def take_rows(self) -> tuple[list[dict], list[dict]]:
+        """Round and subtask rows recorded since the last call (for the trace writer)."""
+        rounds, subtasks = self.rounds, self.subtasks
+        self.rounds, self.subtasks = [], []
+        return rounds, subtasks
+
+
+def local_conv(spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The layer as the model would compute it, on the master."""
+    x = F.pad(x, (*spec.pad_w, 0, 0)) if any(spec.pad_w) else x
+    out = worker_conv(spec, x)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)
+
+
+class LocalEngine(Engine):
+    """Workers simulated in-process: exact same maths, no MPI. For tests and checks.
+
+    ``silent`` subtasks never reply; ``order`` (optional) sets the arrival order.
+    """
+
+    def __init__(self, n: int, k: int, silent: frozenset[int] = frozenset(), order=None, **kw):
+        super().__init__(n, k, **kw)
+        self.silent, self.order = frozenset(silent), order
+
+    def _execute(self, spec, prep, code, round_id) -> Execution:
+        order = list(self.order) if self.order is not None else list(range(code.n))
+        outputs = {i: worker_conv(spec, prep.coded[i]) for i in order if i not in self.silent}
+        return Execution(
+            outputs=outputs,
+            rest=remainder(spec, prep),
+            n_failed=len(self.silent & set(range(code.n))),
+        )
+
+
+class CodedConv(nn.Module):
+    """Stands in for a type-1 Conv2d and hands its forward to the engine."""
+
+    def __init__(self, conv: nn.Conv2d, spec: ConvSpec, engine: Engine):
+        super().__init__()
+        self.conv, self.spec = conv, spec
+        self._engine = [engine]  # a list keeps the engine out of the module tree
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        engine = self._engine[0]
+        if engine.bypass:
+            return self.conv(x)
+        return engine.run_conv(self.spec, x, self.conv.bias)
+
+
+def type1_convs(model: nn.Module, skip_first: bool = True) -> list[tuple[str, nn.Conv2d]]:
+    """The convs to distribute: every Conv2d but the first (until planning decides)."""
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    return convs[1:] if skip_first else convs
+
+
+def install(model: nn.Module, engine: Engine, skip_first: bool = True) -> list[ConvSpec]:
+    """Replace type-1 convs by CodedConv proxies in place; return their specs in order."""
+    specs = []
+    for layer_id, (name, conv) in enumerate(type1_convs(model, skip_first)):
+        try:
+            spec = conv_spec(layer_id, name, conv)
+        except NotSplittable:
+            continue
+        set_submodule(model, name, CodedConv(conv, spec, engine))
+        specs.append(spec)
+    return specs
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)

@@ -1,0 +1,95 @@
+"""`mpirun -np N python -m cocoi_mpi.run [OPTIONS]`: the CoCoI batch job.
+
+Every rank parses the same options; rank 0 alone prints. A user error ends every
+rank with exit code 2 before any message is exchanged; a failure during the run ends
+the job with one error line from rank 0 and a non-zero exit, never a hang.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .codes import CODES
+from .config import ConfigError, build_config
+
+
+def error(rank: int, message: str) -> None:
+    if rank == 0:
+        click.echo(f"cocoi: error: {message}", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    help="TOML file of settings (keys as the long options, e.g. k = 4); CLI wins.",
+)
+@click.option("--model", help="vgg16, resnet18, lenet5, or package.module:factory. [vgg16]")
+@click.option("--weights", help="state_dict file (.pt) to load into the model.")
+@click.option("--input", "input_", help=".npy/.pt tensor C×H×W or N×C×H×W; default: seeded.")
+@click.option("--requests", type=int, help="Inference requests to serve. [1]")
+@click.option("--n", type=int, help="Workers to use. [world size - 1]")
+@click.option("--k", type=int, help="Source pieces per layer (any k of n decode). [n - 2]")
+@click.option(
+    "--code",
+    type=click.Choice(CODES),
+    help="Generator: rotation (stable) or vandermonde (the paper's). [rotation]",
+)
+@click.option(
+    "--systematic/--no-systematic",
+    default=None,
+    help="Systematic generator: skip decoding when the first k arrive first.",
+)
+@click.option("--seed", type=int, help="Seed of the random weights and inputs. [0]")
+@click.option("--out", help="HDF5 file to write (overwritten). [results/<name>.h5]")
+@click.option("--name", help="Run name for the default output path.")
+@click.option(
+    "--check/--no-check",
+    default=None,
+    help="Compare with a local forward pass on the master (exit 3 if it differs).",
+)
+@click.option("--tolerance", type=float, help="Max |coded - local| / max|logit|. [1e-4]")
+@click.option("--threads", type=int, help="Torch threads per rank; 0 = cores / local ranks.")
+@click.option("--silent", help="Worker ranks that never reply, e.g. 2,5 (testing k-of-n).")
+@click.option("--quiet/--no-quiet", default=None, help="Only the summary lines.")
+def main(config_file, input_, **options) -> None:
+    """Coded distributed CNN inference: rank 0 is the master, ranks 1..n the workers."""
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    rank = world.Get_rank()
+    try:
+        cfg = build_config(config_file, {**options, "input": input_}, world.Get_size())
+    except ConfigError as exc:
+        error(rank, str(exc))
+        sys.exit(2)
+    sys.exit(launch(cfg, world, rank))
+
+
+def launch(cfg, world, rank: int) -> int:
+    """Run the job; turn any exception into one line on rank 0 and an exit code."""
+    from .runtime.job import run_job
+    from .runtime.master import ShutdownTimeout
+
+    echo = click.echo if rank == 0 else (lambda *a, **k: None)
+    try:
+        return run_job(cfg, world.Dup(), echo)
+    except ShutdownTimeout as exc:  # requests still open: only an abort ends every rank
+        error(rank, f"{exc}; aborting the job")
+        world.Abort(1)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}" if not is_user_error(exc) else str(exc)
+        error(rank, message)
+        return 1
+
+
+def is_user_error(exc: Exception) -> bool:
+    """Errors whose message is the whole story (bad model, weights, input)."""
+    return isinstance(exc, ValueError | FileNotFoundError)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""The batch job: one dispatch on rank, the master's request loop, provenance.
+
+``run_job(cfg, comm)`` is what ``python -m cocoi_mpi.run`` calls on every rank. Ranks
+past n + 1 leave at once; rank 0 is the master; ranks 1..n are workers.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from .. import __version__
+from ..config import RunConfig
+from ..engine import install
+from ..inputs import check_shape, load_input, seeded_inputs
+from ..models import MODELS, build_model, input_shape, load_weights
+from ..traces import TraceWriter
+from .master import MasterEngine
+from .worker import run_worker
+
+
+def run_job(cfg: RunConfig, comm: MPI.Comm | None = None, echo: Callable = print) -> int:
+    """Run on every rank; returns this rank's exit code. ``comm`` defaults to a Dup."""
+    comm = comm if comm is not None else MPI.COMM_WORLD.Dup()
+    set_threads(cfg.threads)
+    rank = comm.Get_rank()
+    sub = comm.Split(0 if rank <= cfg.n else MPI.UNDEFINED, rank)
+    if sub == MPI.COMM_NULL:
+        return 0
+    if rank == 0:
+        return run_master(sub, cfg, echo)
+    run_worker(sub)
+    return 0
+
+
+def set_threads(threads: int) -> None:
+    """One torch thread per core per rank: oversubscribed ranks fight otherwise."""
+    if threads == 0:
+        local = int(os.environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", "1"))
+        threads = max(1, (os.cpu_count() or 1) // local)
+    torch.set_num_threads(threads)
+
+
+@dataclass
+class MasterJob:
+    """What the master prepares before any worker is involved."""
+
+    model: torch.nn.Module
+    inputs: torch.Tensor  # (N, C, H, W); request i uses inputs[i % N]
+    num_classes: int
+    specs: list = field(default_factory=list)
+    path: Path = Path()
+
+    def input_for(self, request: int) -> torch.Tensor:
+        return self.inputs[request % len(self.inputs)].unsqueeze(0)
+
+
+def prepare(cfg: RunConfig) -> MasterJob:
+    """Model, weights, inputs and output path; every user error surfaces here."""
+    model = build_model(cfg.model, seed=cfg.seed)
+    if cfg.weights:
+        load_weights(model, cfg.weights)
+    model.eval()
+    expected = MODELS[cfg.model].input_shape if cfg.model in MODELS else None
+    if cfg.input:
+        inputs = load_input(cfg.input)
+        check_shape(inputs, expected, cfg.model)
+    else:
+        inputs = seeded_inputs(input_shape(cfg.model, model), cfg.seed, cfg.requests)
+    with torch.no_grad():
+        logits = model(inputs[:1])  # a model that rejects this input fails here, not mid-run
+    if logits.dim() != 2 or logits.shape[0] != 1:
+        raise ValueError(f"{cfg.model} returned shape {tuple(logits.shape)}; expected (1, classes)")
+    return MasterJob(model, inputs, int(logits.shape[1]), path=output_path(cfg))
+
+
+def output_path(cfg: RunConfig) -> Path:
+    if cfg.out:
+        path = Path(cfg.out)
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        name = cfg.name or f"{safe(cfg.model)}_{cfg.code}_n{cfg.n}_k{cfg.k}_{stamp}"
+        path = Path("results") / f"{name}.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def safe(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
+
+
+def provenance(comm: MPI.Comm, hosts: list[str]) -> dict:
+    """Versions and where the run happened, stored as root attributes."""
+    return dict(
+        versions=versions(),
+        hostnames=hosts,
+        world_size=MPI.COMM_WORLD.Get_size(),
+        git_commit=git_commit(),
+        command=" ".join(sys.argv),
+    )
+
+
+def versions() -> dict:
+    return dict(
+        cocoi_mpi=__version__,
+        python=platform.python_version(),
+        torch=torch.__version__,
+        numpy=np.__version__,
+        mpi4py=__import__("mpi4py").__version__,
+        mpi_library=MPI.Get_library_version().splitlines()[0].strip(),
+        h5py=h5py.__version__,
+        hdf5=h5py.version.hdf5_version,
+    )
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
+    """Prepare, hand workers their layers, serve the requests, write the trace."""
+    try:
+        job = prepare(cfg)
+        engine = MasterEngine(
+            comm, range(1, cfg.n + 1), cfg.k, cfg.code, cfg.systematic, cfg.silent
+        )
+        job.specs = install(job.model, engine)
+    except BaseException:
+        comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
+        raise
+    engine.setup(job.specs)
+    hosts = comm.gather(socket.gethostname(), root=0)
+    writer, status, rows = None, "failed", []
+    try:
+        writer = TraceWriter(
+            job.path,
+            config=cfg.to_dict(),
+            meta=provenance(comm, hosts),
+            num_classes=job.num_classes,
+            overwrite=True,
+        )
+        rows = serve(cfg, job, engine, writer, echo)
+        status = "complete"
+    except BaseException as exc:
+        status = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        finish(engine, writer, status)
+    return echo_summary(cfg, job, rows, echo)
+
+
+def finish(engine: MasterEngine, writer: TraceWriter | None, status: str) -> None:
+    """Stop the workers, store what they report, and close the file with its status."""
+    try:
+        logs = engine.shutdown()
+        if writer is not None:
+            engine.poll_late()
+            _, late_rows = engine.take_rows()
+            writer.append("subtasks", late_rows)
+            writer.set_worker_send(
+                (r, log["rank"], send_s) for log in logs for r, _row, send_s in log["sends"]
+            )
+            writer.set_meta(
+                "workers", [{k: v for k, v in log.items() if k != "sends"} for log in logs]
+            )
+    finally:
+        if writer is not None:
+            writer.close(status)
+
+
+def serve(
+    cfg: RunConfig, job: MasterJob, engine: MasterEngine, writer: TraceWriter, echo: Callable
+) -> list[dict]:
+    """The request loop: reference forward (optional), coded forward, one flush each."""
+    rows = []
+    for req in range(cfg.requests):
+        x = job.input_for(req)
+        ref = None
+        if cfg.check:
+            with torch.no_grad(), engine.local_only():
+                ref = job.model(x)
+        engine.request = req
+        engine.poll_late()
+        t0 = engine.now()
+        with torch.no_grad():
+            logits = job.model(x)
+        t1 = engine.now()
+        rounds, subtasks = engine.take_rows()
+        row = request_row(cfg, req, t0, t1, logits, ref, rounds)
+        writer.append("rounds", rounds)
+        writer.append("subtasks", subtasks)
+        writer.append("requests", [row])
+        writer.append_logits(logits[0].numpy())
+        writer.flush()
+        rows.append(row)
+        if not cfg.quiet:
+            echo(progress_line(cfg, row))
+    return rows
+
+
+def request_row(
+    cfg: RunConfig,
+    req: int,
+    t0: float,
+    t1: float,
+    logits: torch.Tensor,
+    ref: torch.Tensor | None,
+    rounds: list[dict],
+) -> dict:
+    """One row of the requests table, with the check against the local forward."""
+    row = dict(
+        request=req,
+        scheme="cocoi",
+        scenario=0,
+        start=t0,
+        end=t1,
+        latency=t1 - t0,
+        predicted=int(logits.argmax()),
+        n_rounds=len(rounds),
+        encode_s=sum(r["split_s"] + r["encode_s"] for r in rounds),
+        decode_s=sum(r["decode_s"] + r["merge_s"] for r in rounds),
+        distributed_s=sum(r["total_s"] for r in rounds),
+    )
+    if ref is not None:
+        err = float((logits - ref).abs().max())
+        row.update(
+            reference_predicted=int(ref.argmax()),
+            max_abs_err=err,
+            rel_err=err / max(float(ref.abs().max()), 1e-30),
+        )
+    return row
+
+
+def progress_line(cfg: RunConfig, row: dict) -> str:
+    share = 100.0 * (row["encode_s"] + row["decode_s"]) / row["latency"]
+    line = (
+        f"request {row['request'] + 1}/{cfg.requests}: {row['latency']:.3f} s, "
+        f"{row['n_rounds']} coded rounds, encode+decode {share:.1f}%, top-1 {row['predicted']}"
+    )
+    if "rel_err" in row:
+        line += f", rel err vs local {row['rel_err']:.1e}"
+    return line
+
+
+def echo_summary(cfg: RunConfig, job: MasterJob, rows: list[dict], echo: Callable) -> int:
+    """The closing lines; exit code 3 when the coded result does not match the local one."""
+    lat = np.array([r["latency"] for r in rows])
+    share = 100.0 * sum(r["encode_s"] + r["decode_s"] for r in rows) / lat.sum()
+    echo(
+        f"{cfg.model}: {len(rows)} requests on n={cfg.n} workers, k={cfg.k}, code={cfg.code}"
+        f"{'-sys' if cfg.systematic else ''}, {len(job.specs)} type-1 convs"
+    )
+    echo(
+        f"latency mean {lat.mean():.3f} s (min {lat.min():.3f}, max {lat.max():.3f}); "
+        f"encode+decode {share:.1f}% of it"
+    )
+    code = 0
+    if cfg.check:
+        worst = max(r["rel_err"] for r in rows)
+        same = sum(r["predicted"] == r["reference_predicted"] for r in rows)
+        ok = worst <= cfg.tolerance and same == len(rows)
+        echo(
+            f"check against local forward: max |err|/max|logit| = {worst:.2e} "
+            f"(tolerance {cfg.tolerance:.0e}), top-1 identical {same}/{len(rows)}: "
+            f"{'OK' if ok else 'FAILED'}"
+        )
+        code = 0 if ok else 3
+    echo(f"wrote {job.path}")
+    return code

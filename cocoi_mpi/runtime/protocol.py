@@ -1,0 +1,83 @@
+"""Messages between master and workers.
+
+Control messages (small, pickled) go master -> worker on tag CTRL, in order.
+Tensors travel as raw contiguous buffers on a per-round data tag, so a late reply
+can never be matched to a later round. Every task gets exactly one reply: the
+result, or a trailer-only "skipped" reply, so the master never leaves a receive
+unmatched and a worker's large send never blocks forever. Worker errors travel as
+raw UTF-8 bytes on tag ERROR, so the master's wait can include them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CTRL = 1
+ERROR = 2
+DATA_BASE = 100
+DATA_SPAN = 30000  # MPI guarantees tags up to 32767
+ERROR_BYTES = 4096
+
+# Worker-side durations appended to every reply: receive, queue, compute, injected delay.
+TRAILER = ("recv_s", "queue_s", "compute_s", "delay_s")
+
+
+def data_tag(round_id: int) -> int:
+    """Tag of a round's payloads; rounds far apart may share one, never adjacent ones."""
+    return DATA_BASE + round_id % DATA_SPAN
+
+
+@dataclass(frozen=True)
+class LayerMeta:
+    """A type-1 conv as workers receive it at setup (weights follow as raw buffers)."""
+
+    layer_id: int
+    name: str
+    weight_shape: tuple[int, ...]
+    dtype: str
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    pad_h: tuple[int, int]
+    pad_w: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One subtask: the payload (coded input) follows on ``data_tag(round)``."""
+
+    round: int
+    layer_id: int
+    shape: tuple[int, ...]
+    dtype: str
+    row: int
+    fail: bool = False  # simulated failure: receive, never reply
+    delay: float = 0.0  # injected delay before the reply is sent
+
+
+@dataclass(frozen=True)
+class Done:
+    """These rounds are decoded: skip their tasks if not started or not yet sent."""
+
+    rounds: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Stop:
+    """Reply 'skipped' to queued tasks, report the log, leave the loop."""
+
+
+def reply_buffer(shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    """A receive buffer for one reply: the flat output followed by the trailer."""
+    return np.empty(int(np.prod(shape)) + len(TRAILER), dtype=dtype)
+
+
+def encode_error(text: str) -> bytearray:
+    data = text.encode("utf-8", "replace")[:ERROR_BYTES]
+    return bytearray(data)
+
+
+def decode_error(buf: bytearray, count: int) -> str:
+    return bytes(buf[:count]).decode("utf-8", "replace")

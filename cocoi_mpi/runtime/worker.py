@@ -1,0 +1,176 @@
+"""A worker rank: receive the convs it executes, then serve subtasks until Stop.
+
+The worker holds only the weights of the type-1 convs (VGG16's classifier never
+leaves the master). It drains control messages before computing and again before
+sending, so a task whose round is already decoded is skipped, not computed or sent.
+"""
+
+from __future__ import annotations
+
+import resource
+import socket
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from mpi4py import MPI
+
+from ..convtask import ConvSpec, worker_conv
+from .protocol import (
+    CTRL,
+    ERROR,
+    TRAILER,
+    Done,
+    LayerMeta,
+    Stop,
+    Task,
+    data_tag,
+    encode_error,
+)
+
+
+def receive_layers(comm: MPI.Comm) -> dict[int, ConvSpec] | None:
+    """Setup: layer metadata by bcast, then each weight as a raw Bcast. None: abort."""
+    metas: list[LayerMeta] | None = comm.bcast(None, root=0)
+    if metas is None:
+        return None
+    specs = {}
+    for meta in metas:
+        weight = np.empty(meta.weight_shape, dtype=meta.dtype)
+        comm.Bcast(weight, root=0)
+        specs[meta.layer_id] = ConvSpec(
+            meta.layer_id,
+            meta.name,
+            torch.from_numpy(weight),
+            meta.stride,
+            meta.dilation,
+            meta.groups,
+            meta.pad_h,
+            meta.pad_w,
+        )
+    return specs
+
+
+@dataclass
+class Queued:
+    task: Task
+    payload: np.ndarray
+    t_header: float
+    t_data: float
+
+
+@dataclass
+class WorkerLoop:
+    """Serve tasks in arrival order; every task that expects a reply gets exactly one."""
+
+    comm: MPI.Comm
+    specs: dict[int, ConvSpec]
+    queue: deque = field(default_factory=deque)
+    done: set = field(default_factory=set)
+    stopping: bool = False
+    sends: list = field(default_factory=list)  # (round, row, send_s) for the master's trace
+    computed: int = 0
+    skipped: int = 0
+
+    def serve(self) -> None:
+        while True:
+            self.drain(block=not self.queue and not self.stopping)
+            if not self.queue:
+                if self.stopping:
+                    return
+                continue
+            self.handle(self.queue.popleft())
+
+    def drain(self, block: bool) -> None:
+        """Take every pending control message (and its payload); block for one if asked."""
+        while block or self.comm.Iprobe(source=0, tag=CTRL):
+            block = False
+            msg = self.comm.recv(source=0, tag=CTRL)
+            t_header = MPI.Wtime()
+            if isinstance(msg, Task):
+                payload = np.empty(msg.shape, dtype=msg.dtype)
+                self.comm.Recv(payload, source=0, tag=data_tag(msg.round))
+                self.queue.append(Queued(msg, payload, t_header, MPI.Wtime()))
+            elif isinstance(msg, Done):
+                self.done.update(msg.rounds)
+            elif isinstance(msg, Stop):
+                self.stopping = True
+
+    def finished(self, task: Task) -> bool:
+        return self.stopping or task.round in self.done
+
+    def handle(self, item: Queued) -> None:
+        task = item.task
+        if task.fail:
+            return
+        if self.finished(task):
+            return self.reply_skip(task)
+        t0 = MPI.Wtime()
+        try:
+            with torch.no_grad():
+                out = worker_conv(self.specs[task.layer_id], torch.from_numpy(item.payload))
+        except Exception as exc:  # reported to the master as data, then the task is closed
+            self.report_error(task, exc)
+            return self.reply_skip(task)
+        t1 = MPI.Wtime()
+        self.drain(block=False)
+        if self.finished(task):
+            return self.reply_skip(task)
+        if task.delay > 0:
+            time.sleep(task.delay)
+        trailer = (item.t_data - item.t_header, t0 - item.t_data, t1 - t0, task.delay)
+        self.send_reply(task, out.numpy().ravel(), trailer)
+        self.computed += 1
+        self.done = {r for r in self.done if r > task.round}
+
+    def send_reply(self, task: Task, flat: np.ndarray, trailer: tuple) -> None:
+        buf = np.empty(flat.size + len(TRAILER), dtype=task.dtype)
+        buf[: flat.size] = flat
+        buf[flat.size :] = trailer
+        t0 = MPI.Wtime()
+        self.comm.Send(buf, dest=0, tag=data_tag(task.round))
+        self.sends.append((task.round, task.row, MPI.Wtime() - t0))
+
+    def reply_skip(self, task: Task) -> None:
+        """A trailer-only reply: closes the master's receive without the payload."""
+        self.comm.Send(np.zeros(len(TRAILER), dtype=task.dtype), dest=0, tag=data_tag(task.round))
+        self.skipped += 1
+
+    def report_error(self, task: Task, exc: BaseException) -> None:
+        where = f"worker rank {self.comm.Get_rank()}, layer {task.layer_id}, round {task.round}"
+        text = f"{where}: {type(exc).__name__}: {exc}"
+        self.comm.Send(encode_error(text), dest=0, tag=ERROR)
+        traceback.clear_frames(exc.__traceback__)
+
+    def log(self) -> dict:
+        """What the master records about this worker at the end."""
+        return dict(
+            rank=self.comm.Get_rank(),
+            host=MPI.Get_processor_name(),
+            sends=self.sends,
+            computed=self.computed,
+            skipped=self.skipped,
+            max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        )
+
+
+def run_worker(comm: MPI.Comm) -> None:
+    """A worker's whole life: setup, serve, hand the log to the master."""
+    specs = receive_layers(comm)
+    if specs is None:
+        return
+    comm.gather(socket.gethostname(), root=0)
+    loop = WorkerLoop(comm, specs)
+    try:
+        loop.serve()
+    except Exception as exc:  # an error outside a task: tell the master, wait for Stop
+        loop.comm.Send(encode_error(f"worker rank {comm.Get_rank()}: {exc!r}"), dest=0, tag=ERROR)
+        while not loop.stopping:
+            loop.drain(block=True)
+        for item in loop.queue:
+            if not item.task.fail:
+                loop.reply_skip(item.task)
+    comm.gather(loop.log(), root=0)

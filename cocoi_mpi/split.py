@@ -1,0 +1,150 @@
+"""Pure geometry of width splitting (CoCoI eq. 1-2, footnote 2).
+
+A conv output is cut along the width into equal pieces; each piece maps back to the
+input columns it depends on. Everything here is integer arithmetic on ranges: no
+tensors, no MPI, so it can be tested exhaustively against torch's conv2d.
+
+Conventions: ranges are half-open ``(a, b)``; "padded" coordinates index the input
+after the layer's zero padding has been applied on both width edges (the paper's I).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+Range = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class AxisGeom:
+    """One spatial axis of a conv or pooling layer: kernel, stride, dilation, padding."""
+
+    kernel: int
+    stride: int = 1
+    dilation: int = 1
+    pad_before: int = 0
+    pad_after: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kernel < 1 or self.stride < 1 or self.dilation < 1:
+            raise ValueError(f"kernel, stride and dilation must be >= 1, got {self}")
+        if self.pad_before < 0 or self.pad_after < 0:
+            raise ValueError(f"padding must be >= 0, got {self}")
+
+    @property
+    def span(self) -> int:
+        """Input columns one output column reads: the dilated kernel extent."""
+        return self.dilation * (self.kernel - 1) + 1
+
+    def out_size(self, in_size: int) -> int:
+        """Output length for an unpadded input length (eq. 1 with dilation)."""
+        padded = in_size + self.pad_before + self.pad_after
+        if padded < self.span:
+            raise ValueError(f"input of size {in_size} is smaller than the kernel span")
+        return (padded - self.span) // self.stride + 1
+
+    def padded_input_range(self, out: Range) -> Range:
+        """Input range in padded coordinates for output columns ``out`` (eq. 2)."""
+        a_o, b_o = out
+        if not 0 <= a_o < b_o:
+            raise ValueError(f"bad output range {out}")
+        return a_o * self.stride, (b_o - 1) * self.stride + self.span
+
+    def input_range(self, out: Range, in_size: int) -> tuple[Range, int, int]:
+        """Unpadded input range for ``out`` plus the zero columns to add left and right.
+
+        Running the layer with no width padding on ``x[a:b]`` padded by the returned
+        amounts gives exactly output columns ``out``: edge padding is reproduced only
+        where the range touches an edge.
+        """
+        a_p, b_p = self.padded_input_range(out)
+        a, b = a_p - self.pad_before, b_p - self.pad_before
+        left, right = max(0, -a), max(0, b - in_size)
+        return (max(a, 0), min(b, in_size)), left, right
+
+
+def equal_pieces(width: int, pieces: int) -> tuple[list[Range], Range | None]:
+    """Cut ``width`` output columns into ``pieces`` ranges of floor(width/pieces) each.
+
+    The remainder (footnote 2) is returned separately: the master computes it itself.
+    """
+    if pieces < 1:
+        raise ValueError(f"pieces must be >= 1, got {pieces}")
+    piece = width // pieces
+    if piece < 1:
+        raise ValueError(f"cannot cut width {width} into {pieces} pieces")
+    ranges = [(i * piece, (i + 1) * piece) for i in range(pieces)]
+    rest = (pieces * piece, width) if pieces * piece < width else None
+    return ranges, rest
+
+
+@dataclass(frozen=True)
+class SubtaskGeom:
+    """Where one output piece comes from: its input slice and the padding to add."""
+
+    out: Range
+    inp: Range  # unpadded input columns of the (block) input
+    pads: tuple[tuple[int, int], ...]  # (left, right) zero columns before each layer
+
+    @property
+    def in_width(self) -> int:
+        return self.inp[1] - self.inp[0]
+
+
+def block_subtask(layers: Sequence[AxisGeom], in_size: int, out: Range) -> SubtaskGeom:
+    """Map an output range of a chain of layers back to the block input.
+
+    ``layers`` are the width geometries of the convs (and pools) in order; element-wise
+    layers (BN, activations) do not change the mapping and are left out. The returned
+    per-layer pads make running the chain on the slice reproduce ``out`` exactly,
+    including zero padding inside the block at the true edges only.
+    """
+    sizes = [in_size]
+    for geom in layers:
+        sizes.append(geom.out_size(sizes[-1]))
+    if not 0 <= out[0] < out[1] <= sizes[-1]:
+        raise ValueError(f"output range {out} outside width {sizes[-1]}")
+    pads: list[tuple[int, int]] = []
+    rng = out
+    for geom, size in zip(reversed(layers), reversed(sizes[:-1]), strict=True):
+        rng, left, right = geom.input_range(rng, size)
+        pads.append((left, right))
+    return SubtaskGeom(out=out, inp=rng, pads=tuple(reversed(pads)))
+
+
+@dataclass(frozen=True)
+class LayerSplit:
+    """The k*m equal pieces of one conv, in padded input coordinates, plus the rest.
+
+    The master pads the whole input once and slices it, so every piece has the same
+    width W_I^P = span + (W_O^P - 1) * stride: the linear code needs equal shapes.
+    """
+
+    width_out: int
+    outs: tuple[Range, ...]
+    ins: tuple[Range, ...]
+    rest_out: Range | None
+    rest_in: Range | None
+
+    @property
+    def piece_width(self) -> int:
+        return self.outs[0][1] - self.outs[0][0]
+
+    @property
+    def remainder_width(self) -> int:
+        return 0 if self.rest_out is None else self.rest_out[1] - self.rest_out[0]
+
+
+def split_layer(geom: AxisGeom, in_size: int, pieces: int) -> LayerSplit:
+    """Cut one conv's output width into ``pieces`` and map each piece to its input."""
+    width = geom.out_size(in_size)
+    outs, rest = equal_pieces(width, pieces)
+    ins = tuple(geom.padded_input_range(o) for o in outs)
+    rest_in = None if rest is None else geom.padded_input_range(rest)
+    return LayerSplit(width, tuple(outs), ins, rest, rest_in)
+
+
+def overlap_columns(geom: AxisGeom) -> int:
+    """Columns shared by two adjacent pieces' inputs (K - S in the paper's I_ov)."""
+    return max(0, geom.span - geom.stride)
