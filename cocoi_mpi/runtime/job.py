@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import platform
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -147,8 +146,7 @@ def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
     except BaseException:
         comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
         raise
-    engine.setup(job.specs)
-    hosts = comm.gather(socket.gethostname(), root=0)
+    hosts = engine.setup(job.specs)
     writer, status, rows = None, "failed", []
     try:
         writer = TraceWriter(

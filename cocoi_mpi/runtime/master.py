@@ -9,6 +9,7 @@ workers are told the round is done. Buffers live as long as their requests.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -57,6 +58,7 @@ class Pending:
     buffer: np.ndarray
     shape: tuple[int, ...]
     row: dict  # its subtask trace row, completed on arrival
+    late: bool = False  # still open when its round decoded
 
 
 @dataclass(frozen=True)
@@ -89,8 +91,11 @@ class MasterEngine(Engine):
     def worker_label(self, subtask: int) -> int:
         return self.workers[subtask]
 
-    def setup(self, specs: Sequence[ConvSpec]) -> None:
-        """Give every worker the type-1 convs: metadata by bcast, weights as raw Bcast."""
+    def setup(self, specs: Sequence[ConvSpec]) -> list[str]:
+        """Give every worker the type-1 convs (metadata by bcast, weights as raw Bcast).
+
+        Returns the hostnames of all ranks of the communicator, master first.
+        """
         metas = [
             LayerMeta(
                 s.layer_id,
@@ -108,6 +113,7 @@ class MasterEngine(Engine):
         self.comm.bcast(metas, root=0)
         for spec in specs:
             self.comm.Bcast(np.ascontiguousarray(spec.weight.numpy()), root=0)
+        return self.comm.gather(socket.gethostname(), root=0)
 
     def fault(self, round_id: int, rank: int) -> Fault:
         """Injected behaviour of one subtask; decided here so a seed reproduces a run."""
@@ -151,10 +157,12 @@ class MasterEngine(Engine):
         t_sent = self.now()
         rest = remainder(spec, prep)
         t_rest = self.now()
-        outputs = self.collect(code, pending, rows)
+        try:
+            outputs = self.collect(code, pending, rows)
+        finally:  # posted receives own their buffers until completed, error or not
+            open_ = [p for p in pending if p.row.get("arrival_t") is None]
+            self.close_round(round_id, open_)
         t_ready = self.now()
-        open_ = [p for p in pending if p.row.get("arrival_t") is None]
-        self.close_round(round_id, open_)
         return Execution(
             outputs=outputs,
             send_s=t_sent - t0,
@@ -189,18 +197,20 @@ class MasterEngine(Engine):
         statuses = [MPI.Status() for _ in requests]
         done = MPI.Request.Waitsome(requests, statuses) or []
         t = self.now()
-        mine = []
+        mine, error = [], None
         for j, idx in enumerate(done):  # statuses[j] belongs to requests[done[j]]
             if idx == 0:
-                raise WorkerError(decode_error(self.err_buf, statuses[j].Get_count(MPI.BYTE)))
+                error = decode_error(self.err_buf, statuses[j].Get_count(MPI.BYTE))
+                continue
             p = pool[idx - 1]
             finish_row(p, statuses[j], t)
-            if p in self.late:
+            if p.late:
                 self.late.remove(p)
-                p.row["status"] = "late" if p.row["status"] != "skipped" else "skipped"
-                self.resolved.append(p.row)
+                self.resolved.append(mark_late(p.row))
             else:
                 mine.append(p)
+        if error is not None:  # only after every completed request is recorded
+            raise WorkerError(error)
         return mine
 
     def close_round(self, round_id: int, open_: list[Pending]) -> None:
@@ -208,6 +218,8 @@ class MasterEngine(Engine):
         for p in open_:
             rank = self.workers[p.index]
             self.sends.append((self.comm.isend(Done((round_id,)), dest=rank, tag=CTRL), None))
+        for p in open_:
+            p.late = True
         self.late.extend(open_)
         self.reap_sends()
 
@@ -231,8 +243,7 @@ class MasterEngine(Engine):
         for idx, status in finished:  # pop from the end so indices stay valid
             p = self.late.pop(idx)
             finish_row(p, status, t)
-            p.row["status"] = "late" if p.row["status"] != "skipped" else "skipped"
-            self.resolved.append(p.row)
+            self.resolved.append(mark_late(p.row))
         self.subtasks.extend(self.take_resolved())
 
     def shutdown(self, timeout: float = 60.0) -> list[dict]:
@@ -249,8 +260,9 @@ class MasterEngine(Engine):
                     f"{timeout:.0f} s at shutdown"
                 )
             time.sleep(0.001)
-        self.err_req.Cancel()
-        self.err_req.Wait()
+        if self.err_req:  # still posted (no worker reported an error)
+            self.err_req.Cancel()
+            self.err_req.Wait()
         logs = self.comm.gather(None, root=0)
         return [log for log in logs if log is not None]
 
@@ -259,6 +271,14 @@ def reply_shape(spec: ConvSpec, prep: Prepared, code: Scheme) -> tuple[int, ...]
     """Shape of one subtask's output: (m, C_out, H_out, piece width)."""
     height = spec.height_geom.out_size(prep.padded.shape[2])
     return (code.pieces_per_task, spec.weight.shape[0], height, prep.split.piece_width)
+
+
+def mark_late(row: dict) -> dict:
+    """A reply that came after its round decoded: 'late', or 'skipped' if the worker
+    skipped it on hearing the round was done."""
+    if row["status"] != "skipped":
+        row["status"] = "late"
+    return row
 
 
 def finish_row(p: Pending, status: MPI.Status, t: float) -> None:

@@ -1,0 +1,156 @@
+"""In-process MPI tests of the master/worker runtime (pytest-mpi).
+
+Run: mpirun -np 4 --oversubscribe python -m pytest --with-mpi -m mpi tests/test_mpi_runtime.py
+Every test runs on all ranks: rank 0 drives a MasterEngine, the others serve as
+workers through the same run_worker the job uses. Rank 0 always shuts the workers
+down in a finally block, so a failing assertion never leaves the others waiting.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch import nn
+
+mpi4py = pytest.importorskip("mpi4py")
+from mpi4py import MPI  # noqa: E402
+
+from cocoi_mpi.engine import install  # noqa: E402
+from cocoi_mpi.runtime.master import MasterEngine, RoundFailed, WorkerError  # noqa: E402
+from cocoi_mpi.runtime.worker import run_worker  # noqa: E402
+
+pytestmark = pytest.mark.mpi(min_size=3)
+
+
+def odd_cnn() -> nn.Module:
+    """Kernel 5 / stride 2 / dilation 2, 'same' padding, groups, no-bias: odd geometry."""
+    torch.manual_seed(3)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 5, stride=2, padding=3, dilation=2),
+        nn.BatchNorm2d(8).eval(),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding="same", groups=2, bias=False),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, stride=1, padding=1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+    ).eval()
+
+
+def run_coded(comm, k: int, silent=(), requests: int = 2, extra=None):
+    """Rank 0: run ``requests`` forwards through the workers; others: serve. Returns
+    (max relative error, engine) on rank 0, None elsewhere."""
+    if comm.Get_rank() != 0:
+        run_worker(comm)
+        return None
+    workers = range(1, comm.Get_size())
+    engine = MasterEngine(comm, workers, k, "rotation", silent=silent)
+    model = odd_cnn()
+    x = torch.randn(1, 3, 21, 43, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = model(x)
+    try:
+        engine.setup(install(model, engine))
+        worst = 0.0
+        for req in range(requests):
+            engine.request = req
+            with torch.no_grad():
+                out = model(x)
+            worst = max(worst, float((out - ref).abs().max() / ref.abs().max()))
+        if extra is not None:
+            extra(engine, model)
+    finally:
+        engine.logs = engine.shutdown()
+    return worst, engine
+
+
+@pytest.fixture
+def comm():
+    comm = MPI.COMM_WORLD.Dup()
+    yield comm
+    comm.Free()
+
+
+def test_coded_forward_matches_local(comm):
+    n = comm.Get_size() - 1
+    result = run_coded(comm, k=max(1, n - 1))
+    if result is not None:
+        worst, engine = result
+        assert worst < 1e-5
+        rounds, subtasks = engine.take_rows()
+        assert len(rounds) == 3 * 2  # three type-1 convs, two requests
+        assert all(r["n_used"] == r["k"] for r in rounds)
+
+
+def test_every_silent_pattern_decodes_exactly(comm):
+    """Every set of up to n-k workers that never reply still gives exact logits."""
+    n = comm.Get_size() - 1
+    k = max(1, n - 2)
+    for r in range(n - k + 1):
+        for silent in itertools.combinations(range(1, n + 1), r):
+            result = run_coded(comm, k=k, silent=silent, requests=1)
+            if result is not None:
+                worst, engine = result
+                assert worst < 1e-5, f"silent={silent}"
+                rounds, subtasks = engine.take_rows()
+                for row in rounds:
+                    used = {int(w) for w in row["used_workers"].split(",")}
+                    assert not used & set(silent)
+                    assert row["n_failed"] == len(silent)
+                failed = {s["worker"] for s in subtasks if s["status"] == "failed"}
+                assert failed == set(silent)
+            comm.Barrier()
+
+
+def test_late_replies_are_drained_and_recorded(comm):
+    """With k=1 most replies arrive after decoding; all are received by shutdown."""
+    result = run_coded(comm, k=1, requests=3)
+    if result is not None:
+        worst, engine = result
+        assert worst < 1e-5
+        assert engine.late == [] and engine.sends == []
+        rounds, subtasks = engine.take_rows()
+        n = comm.Get_size() - 1
+        statuses = {s["status"] for s in subtasks}
+        assert statuses <= {"used", "late", "skipped"}
+        assert len(subtasks) == n * len(rounds)  # one row per subtask, none lost
+        assert sum(s["status"] == "used" for s in subtasks) == len(rounds)
+        assert len(engine.logs) == n
+
+
+def test_worker_exception_reaches_master(comm):
+    """A worker that fails sends the error as data; the master raises WorkerError."""
+
+    def unknown_layer(engine, model):
+        spec = next(m.spec for m in model.modules() if hasattr(m, "spec"))
+        bogus = type(spec)(
+            99,
+            "bogus",
+            spec.weight,
+            spec.stride,
+            spec.dilation,
+            spec.groups,
+            spec.pad_h,
+            spec.pad_w,
+        )
+        x = torch.randn(1, 8, 11, 22)
+        with pytest.raises(WorkerError, match="layer 99"):
+            engine.run_conv(bogus, x, None)
+
+    run_coded(comm, k=1, requests=1, extra=unknown_layer)
+
+
+def test_round_fails_cleanly_when_nobody_can_reply(comm):
+    n = comm.Get_size() - 1
+
+    def all_silent(engine, model):
+        engine.silent = frozenset(range(1, n + 1))
+        with pytest.raises(RoundFailed):
+            with torch.no_grad():
+                model(torch.randn(1, 3, 21, 43))
+
+    run_coded(comm, k=1, requests=1, extra=all_silent)
