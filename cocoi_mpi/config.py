@@ -70,6 +70,7 @@ def build_config(file: str | None, overrides: dict[str, Any], world_size: int) -
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "silent" in values:
         values["silent"] = parse_ranks(values["silent"])
+    check_types(values)
     try:
         cfg = RunConfig(**values)
     except TypeError as exc:
@@ -77,17 +78,54 @@ def build_config(file: str | None, overrides: dict[str, Any], world_size: int) -
     return resolve(cfg, world_size)
 
 
+TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "weights": (str,),
+    "input": (str,),
+    "code": (str,),
+    "out": (str,),
+    "name": (str,),
+    "requests": (int,),
+    "n": (int,),
+    "k": (int,),
+    "seed": (int,),
+    "threads": (int,),
+    "systematic": (bool,),
+    "check": (bool,),
+    "quiet": (bool,),
+    "tolerance": (float, int),
+}
+
+
+def check_types(values: dict[str, Any]) -> None:
+    """A TOML 'k = "2"' is a clear error naming k, not a TypeError deep inside."""
+    for key, value in values.items():
+        allowed = TYPES.get(key)
+        if allowed is None or value is None:
+            continue
+        wrong_bool = isinstance(value, bool) and bool not in allowed
+        if wrong_bool or not isinstance(value, allowed):
+            names = " or ".join(t.__name__ for t in allowed)
+            raise ConfigError(f"{key} must be a {names}, got {value!r}")
+
+
 def parse_ranks(value: Any) -> tuple[int, ...]:
-    """'1,3' or [1, 3] -> (1, 3)."""
-    if isinstance(value, str):
-        parts = [p for p in value.replace(" ", "").split(",") if p]
-        try:
-            return tuple(int(p) for p in parts)
-        except ValueError:
-            raise ConfigError(
-                f"silent must be a comma-separated list of ranks, got {value!r}"
-            ) from None
-    return tuple(int(v) for v in value)
+    """'1,3', 2 or [1, 3] -> a tuple of ranks."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    if isinstance(value, list | tuple) and all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        return tuple(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"silent must be a list of worker ranks, got {value!r}")
+    parts = [p for p in value.replace(" ", "").split(",") if p]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(
+            f"silent must be a comma-separated list of ranks, got {value!r}"
+        ) from None
 
 
 def resolve(cfg: RunConfig, world_size: int) -> RunConfig:

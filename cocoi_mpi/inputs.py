@@ -41,9 +41,10 @@ def as_batch(data: torch.Tensor, what: str) -> torch.Tensor:
         data = data.unsqueeze(0)
     if data.dim() != 4:
         raise InputError(f"input {what} has shape {tuple(data.shape)}; expected C×H×W or N×C×H×W")
-    if not torch.isfinite(data).all():
-        raise InputError(f"input {what} contains NaN or Inf values")
-    return data.to(torch.float32).contiguous()
+    data = data.to(torch.float32).contiguous()
+    if not torch.isfinite(data).all():  # after the cast: float64 beyond float32 is Inf
+        raise InputError(f"input {what} contains NaN or Inf values (as float32)")
+    return data
 
 
 def check_shape(batch: torch.Tensor, expected: tuple[int, ...] | None, model: str) -> None:

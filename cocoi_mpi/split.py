@@ -60,8 +60,10 @@ class AxisGeom:
         """
         a_p, b_p = self.padded_input_range(out)
         a, b = a_p - self.pad_before, b_p - self.pad_before
-        left, right = max(0, -a), max(0, b - in_size)
-        return (max(a, 0), min(b, in_size)), left, right
+        left = max(0, min(b, 0) - a)  # columns of [a, b) left of the data
+        right = max(0, b - max(a, in_size))  # columns of [a, b) right of the data
+        lo, hi = min(max(a, 0), in_size), min(max(b, 0), in_size)
+        return (lo, hi), left, right
 
 
 def equal_pieces(width: int, pieces: int) -> tuple[list[Range], Range | None]:
@@ -107,7 +109,12 @@ def block_subtask(layers: Sequence[AxisGeom], in_size: int, out: Range) -> Subta
         raise ValueError(f"output range {out} outside width {sizes[-1]}")
     pads: list[tuple[int, int]] = []
     rng = out
-    for geom, size in zip(reversed(layers), reversed(sizes[:-1]), strict=True):
+    for depth, (geom, size) in enumerate(zip(reversed(layers), reversed(sizes[:-1]), strict=True)):
+        if rng[0] == rng[1]:
+            raise ValueError(
+                f"output range {out} reads only zero padding at layer {len(layers) - depth}: "
+                "blocks with padding wider than a kernel's span are not supported"
+            )
         rng, left, right = geom.input_range(rng, size)
         pads.append((left, right))
     return SubtaskGeom(out=out, inp=rng, pads=tuple(reversed(pads)))

@@ -1,0 +1,469 @@
+"""The in-process engine: coded convs inside real nn.Modules give the model's own logits.
+
+Every pattern of silent workers that an (n, k) code tolerates is tried on three small CNNs
+with awkward geometry, then the registry's LeNet-5 and ResNet18 run once each. The trace
+rows the engine records are checked against geometry computed independently here.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from cocoi_mpi.codes import DecodeError
+from cocoi_mpi.engine import CodedConv, LocalEngine, install, type1_convs
+from cocoi_mpi.models import build_model, input_shape
+from cocoi_mpi.split import split_layer
+
+N = 6
+REL_TOL = 1e-5
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Small convs: thread start-up costs far more than the work on a busy 2-core box."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# --------------------------------------------------------------------------- models
+
+
+class OddNet(nn.Module):
+    """A user's CNN with every geometry the split must reproduce exactly."""
+
+    input_shape = (3, 13, 29)  # width 29: odd, prime
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.odd = nn.Conv2d(4, 6, 5, stride=2, dilation=2, padding=3)  # width 29 -> 14
+        self.bn = nn.BatchNorm2d(6)
+        self.same = nn.Conv2d(6, 6, 4, padding="same")  # even kernel: pads 1 left, 2 right
+        self.grouped = nn.Conv2d(6, 8, 3, padding=1, groups=2, bias=False)
+        self.pool = nn.MaxPool2d(2)  # width 14 -> 7
+        self.rect = nn.Conv2d(8, 8, (3, 5), stride=(2, 1), padding=(1, 2))  # 7 < k*m for k > 3
+        self.squeeze = nn.AdaptiveAvgPool2d((3, 1))
+        self.narrow = nn.Conv2d(8, 4, 1)  # width 1 < m = 2: cannot be split, runs locally
+        self.head = nn.Linear(12, 5)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        x = self.relu(self.bn(self.odd(x)))
+        x = self.relu(self.same(x))
+        x = self.pool(self.relu(self.grouped(x)))
+        x = self.squeeze(self.relu(self.rect(x)))
+        return self.head(torch.flatten(self.narrow(x), 1))
+
+
+class SmallVGG(nn.Module):
+    input_shape = (3, 16, 22)
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * 4 * 5, 32), nn.ReLU())
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.out(self.classifier(self.features(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.downsample = None
+        if stride != 1 or c_in != c_out:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
+
+    def forward(self, x):
+        identity = x if self.downsample is None else self.downsample(x)
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + identity)
+
+
+class SmallResNet(nn.Module):
+    input_shape = (3, 12, 18)
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.layer1 = Block(8, 8, 1)
+        self.layer2 = Block(8, 16, 2)  # 1x1 stride-2 downsample on the shortcut
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 7)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+MODELS = {"odd": OddNet, "vgg": SmallVGG, "resnet": SmallResNet}
+
+
+def make_model(name: str, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    model = MODELS[name]()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):  # BN must not be an identity
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def make_input(model: nn.Module, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(1, *model.input_shape, generator=gen)
+
+
+def coded(model: nn.Module, n: int, k: int, **kw) -> tuple[nn.Module, LocalEngine, list]:
+    """A deep copy of ``model`` with its type-1 convs behind a fresh LocalEngine."""
+    skip_first = kw.pop("skip_first", True)
+    clone = copy.deepcopy(model)
+    engine = LocalEngine(n, k, **kw)
+    specs = install(clone, engine, skip_first=skip_first)
+    return clone, engine, specs
+
+
+def rel_diff(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).abs().max() / want.abs().max())
+
+
+@pytest.fixture(scope="module")
+def references():
+    """Each model, its input, and its plain logits."""
+    out = {}
+    with torch.no_grad():
+        for name in MODELS:
+            model = make_model(name)
+            x = make_input(model)
+            out[name] = (model, x, model(x))
+    return out
+
+
+def conv_trace(model: nn.Module, x: torch.Tensor) -> list[tuple[str, int, int]]:
+    """(name, input width, output width) of every conv, in execution order."""
+    trace, hooks = [], []
+    for name, conv in model.named_modules():
+        if isinstance(conv, nn.Conv2d):
+            hooks.append(
+                conv.register_forward_hook(
+                    lambda mod, inp, out, name=name: trace.append(
+                        (name, inp[0].shape[-1], out.shape[-1])
+                    )
+                )
+            )
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return trace
+
+
+def silent_patterns(n: int, k: int):
+    for size in range(n - k + 1):
+        yield from itertools.combinations(range(n), size)
+
+
+# --------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("k", range(1, N + 1))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_logits_match_for_every_tolerated_silent_pattern(references, name, k):
+    model, x, want = references[name]
+    patterns = list(silent_patterns(N, k))
+    assert len(patterns) == sum(
+        len(list(itertools.combinations(range(N), s))) for s in range(N - k + 1)
+    )
+    with torch.no_grad():
+        for silent in patterns:
+            net, _, _ = coded(model, N, k, silent=frozenset(silent))
+            got = net(x)
+            assert rel_diff(got, want) < REL_TOL, (name, k, silent)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_logits_match_for_shuffled_arrival_orders(references, name):
+    model, x, want = references[name]
+    rng = random.Random(name)
+    with torch.no_grad():
+        for k in range(1, N + 1):
+            for _ in range(4):
+                order = list(range(N))
+                rng.shuffle(order)
+                silent = frozenset(rng.sample(range(N), rng.randint(0, N - k)))
+                net, _, _ = coded(model, N, k, silent=silent, order=order)
+                assert rel_diff(net(x), want) < REL_TOL, (name, k, order, silent)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_systematic_rotation_code_matches(references, name):
+    model, x, want = references[name]
+    with torch.no_grad():
+        for silent in [(), (0,), (1, 4)]:
+            net, engine, _ = coded(model, N, 3, silent=frozenset(silent), systematic=True)
+            assert rel_diff(net(x), want) < REL_TOL, silent
+            rows, _ = engine.take_rows()
+            assert all(row["systematic_shortcut"] == (not silent) for row in rows)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_vandermonde_code_matches_at_small_n(references, name):
+    model, x, want = references[name]
+    with torch.no_grad():
+        for k in (1, 2, 3):
+            net, _, _ = coded(model, 3, k, code="vandermonde", silent=frozenset(range(3 - k)))
+            assert rel_diff(net(x), want) < 1e-4, k
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_first_conv_can_be_distributed_too(references, name):
+    model, x, want = references[name]
+    net, engine, specs = coded(model, 4, 2, skip_first=False, silent=frozenset({1}))
+    assert specs[0].name == type1_convs(model, skip_first=False)[0][0]
+    with torch.no_grad():
+        assert rel_diff(net(x), want) < REL_TOL
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_more_silent_workers_than_n_minus_k_cannot_decode(references, name):
+    model, x, _ = references[name]
+    for k in (1, 3, N):
+        silent = frozenset(range(N - k + 1))
+        net, _, _ = coded(model, N, k, silent=silent)
+        with torch.no_grad(), pytest.raises(DecodeError):
+            net(x)
+
+
+def test_coded_layers_take_one_image(references):
+    model, x, _ = references["vgg"]
+    net, _, _ = coded(model, 4, 2)
+    with torch.no_grad(), pytest.raises(ValueError, match="one image"):
+        net(torch.cat([x, x]))
+
+
+# --------------------------------------------------------------------------- install
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_install_replaces_every_conv_but_the_first(references, name):
+    model = references[name][0]
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    net, _, specs = coded(model, N, 2)
+    assert [s.name for s in specs] == convs[1:]
+    assert [s.layer_id for s in specs] == list(range(len(convs) - 1))
+    first = net.get_submodule(convs[0])
+    assert type(first) is nn.Conv2d
+    for conv_name in convs[1:]:
+        proxy = net.get_submodule(conv_name)
+        assert isinstance(proxy, CodedConv)
+        assert proxy.conv is not model.get_submodule(conv_name)  # the copy, not the original
+    # the engine is not registered as a submodule: state_dict keys only gain the '.conv' level
+    keys = {k.replace(".conv.", ".") for k in net.state_dict()}
+    assert keys == set(model.state_dict())
+
+
+def test_install_reads_same_padding_as_asymmetric(references):
+    model = references["odd"][0]
+    _, _, specs = coded(model, N, 2)
+    same = next(s for s in specs if s.name == "same")
+    assert same.pad_w == (1, 2) and same.pad_h == (1, 2)
+    odd = next(s for s in specs if s.name == "odd")
+    assert (odd.stride, odd.dilation, odd.pad_w) == ((2, 2), (2, 2), (3, 3))
+    assert next(s for s in specs if s.name == "grouped").groups == 2
+
+
+def test_install_skips_convs_that_cannot_be_split():
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"),
+        nn.Conv2d(4, 4, 3, padding=1),
+    ).eval()
+    net, _, specs = coded(model, 4, 2)
+    assert [s.name for s in specs] == ["2"]
+    assert type(net[1]) is nn.Conv2d and isinstance(net[2], CodedConv)
+    x = torch.randn(1, 3, 6, 9)
+    with torch.no_grad():
+        assert rel_diff(net(x), model(x)) < REL_TOL
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_local_only_runs_the_original_convs(references, name):
+    model, x, want = references[name]
+    net, engine, _ = coded(model, N, 3)
+    proxies = [m for m in net.modules() if isinstance(m, CodedConv)]
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad(), engine.local_only():
+        assert torch.equal(net(x), want)
+        for proxy in proxies:
+            c_in = proxy.conv.in_channels
+            inp = torch.randn(1, c_in, 9, 11, generator=gen)
+            assert torch.equal(proxy(inp), proxy.conv(inp))
+    assert engine.take_rows() == ([], [])
+    assert not engine.bypass
+    with torch.no_grad():
+        net(x)
+    assert engine.take_rows()[0]  # coded again once the context is left
+
+
+def test_local_only_restores_bypass_after_an_exception():
+    engine = LocalEngine(4, 2)
+    with pytest.raises(RuntimeError), engine.local_only():
+        raise RuntimeError("boom")
+    assert engine.bypass is False
+
+
+# --------------------------------------------------------------------------- trace rows
+
+
+def expected_rows(model, x, n, k, m=2):
+    """One row per distributed conv in execution order, with its geometry."""
+    rows = []
+    for name, w_in, w_out in conv_trace(model, x)[1:]:
+        k_layer = min(k, w_out // m)
+        if k_layer < 1:
+            continue  # cannot be split: runs locally, no round
+        pieces = k_layer * m
+        rows.append(
+            dict(
+                layer=name,
+                w_in=w_in,
+                width_out=w_out,
+                k=k_layer,
+                piece_width=w_out // pieces,
+                remainder_width=w_out - pieces * (w_out // pieces),
+            )
+        )
+    return rows
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 5, 6])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_rows_record_one_round_per_type1_conv_with_its_geometry(references, name, k):
+    model, x, _ = references[name]
+    silent = frozenset(range(0, 2 * (N - k), 2)[:2])  # e.g. workers 1 and 3 never reply
+    net, engine, specs = coded(model, N, k, silent=silent)
+    want = expected_rows(model, x, N, k)
+    spec_by_name = {s.name: s for s in specs}
+    with torch.no_grad():
+        for request in range(2):
+            engine.request = request
+            net(x)
+            rows, subtasks = engine.take_rows()
+            assert [r["layer"] for r in rows] == [w["layer"] for w in want]
+            for row, exp in zip(rows, want, strict=True):
+                assert row["request"] == request
+                assert row["k"] == exp["k"] and row["n"] == N and row["r"] == N - exp["k"]
+                assert row["pieces_per_worker"] == 2
+                for key in ("width_out", "piece_width", "remainder_width"):
+                    assert row[key] == exp[key], (row["layer"], key)
+                split = split_layer(
+                    spec_by_name[row["layer"]].width_geom, exp["w_in"], 2 * exp["k"]
+                )
+                assert (split.width_out, split.piece_width, split.remainder_width) == (
+                    row["width_out"],
+                    row["piece_width"],
+                    row["remainder_width"],
+                )
+                assert row["n_used"] == row["k"]
+                used = [int(w) for w in row["used_workers"].split(",")]
+                alive = [i + 1 for i in range(N) if i not in silent]
+                assert used == alive[: row["k"]]
+                assert row["n_failed"] == len(silent)
+                assert row["layer_index"] == spec_by_name[row["layer"]].layer_id
+            assert [r["round"] for r in rows] == list(
+                range(request * len(want) + 1, (request + 1) * len(want) + 1)
+            )
+            assert subtasks == []
+    assert engine.take_rows() == ([], [])
+
+
+def test_odd_model_caps_k_on_narrow_layers_and_skips_unsplittable(references):
+    model, x, _ = references["odd"]
+    net, engine, _ = coded(model, N, 6)
+    with torch.no_grad():
+        net(x)
+    rows = {r["layer"]: r for r in engine.take_rows()[0]}
+    assert set(rows) == {"odd", "same", "grouped", "rect"}  # 'narrow' has output width 1
+    assert rows["odd"]["k"] == 6 and rows["odd"]["width_out"] == 14
+    assert rows["odd"]["piece_width"] == 1 and rows["odd"]["remainder_width"] == 2
+    assert rows["rect"]["k"] == 3 and rows["rect"]["width_out"] == 7  # 7 // 2 pieces per task
+    assert rows["rect"]["remainder_width"] == 1
+
+
+def test_used_workers_follow_the_arrival_order(references):
+    model, x, _ = references["vgg"]
+    order = [5, 2, 0, 4, 1, 3]
+    net, engine, _ = coded(model, N, 3, order=order, silent=frozenset({2}))
+    with torch.no_grad():
+        net(x)
+    for row in engine.take_rows()[0]:
+        assert row["used_workers"] == "6,1,5"
+        assert row["systematic_shortcut"] is False
+
+
+# --------------------------------------------------------------------------- registry models
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_lenet5_through_the_engine(k):
+    model = build_model("lenet5")
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, *input_shape("lenet5"), generator=gen)
+    silent = frozenset(range(4 - k))
+    net, engine, specs = coded(model, 4, k, silent=silent)
+    with torch.no_grad():
+        want, got = model(x), net(x)
+    assert rel_diff(got, want) < 1e-4
+    rows = engine.take_rows()[0]
+    assert [r["layer"] for r in rows] == ["features.3"] == [s.name for s in specs]
+    assert rows[0]["width_out"] == 10 and rows[0]["k"] == k
+
+
+def test_resnet18_through_the_engine():
+    model = build_model("resnet18")
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(1, *input_shape("resnet18"), generator=gen)
+    net, engine, specs = coded(model, 4, 2, silent=frozenset({0}), order=[3, 0, 1, 2])
+    with torch.no_grad():
+        want, got = model(x), net(x)
+    assert rel_diff(got, want) < 1e-4
+    rows = engine.take_rows()[0]
+    assert len(rows) == len(specs) == 19  # 20 convs, the first stays local
+    assert all(r["used_workers"] == "4,2" for r in rows)
+    assert {r["width_out"] for r in rows} == {56, 28, 14, 7}
