@@ -40,5 +40,50 @@ def info() -> None:
         click.echo(f"{key:12s} {value}")
 
 
+@main.command()
+@click.option(
+    "--n",
+    type=click.IntRange(min=1),
+    default=10,
+    show_default=True,
+    help="Number of subtasks (workers) the code spreads a layer over.",
+)
+@click.option(
+    "--k",
+    "ks",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="Sources per layer; repeat for several. [default: every k in 1..n]",
+)
+@click.option(
+    "--code",
+    "codes",
+    multiple=True,
+    help="Code to measure (rotation, vandermonde); repeat for several. [default: all]",
+)
+@click.option(
+    "--systematic/--no-systematic",
+    default=False,
+    show_default=True,
+    help="Measure the systematic variant (first k subtasks carry the sources).",
+)
+@click.option("--markdown", is_flag=True, help="Print a markdown table (for docs/).")
+def codes(
+    n: int, ks: tuple[int, ...], codes: tuple[str, ...], systematic: bool, markdown: bool
+) -> None:
+    """Worst-case decode error over all k-subsets of n subtasks, float32 and float64."""
+    from .codes import CODES
+    from .codes.analysis import error_table, format_table
+    from .config import RunConfig
+
+    if any(k > n for k in ks):
+        raise click.BadParameter(f"every k must be at most n={n}", param_hint="--k")
+    unknown = sorted(set(codes) - set(CODES))
+    if unknown:
+        raise click.BadParameter(f"unknown {unknown}; choose from {CODES}", param_hint="--code")
+    rows = error_table(n, sorted(set(ks)) or range(1, n + 1), codes or CODES, systematic=systematic)
+    click.echo(format_table(rows, RunConfig.tolerance, markdown=markdown))
+
+
 if __name__ == "__main__":
     main()

@@ -53,7 +53,9 @@ GENERATORS = {"rotation": (rotation_generator, 2), "vandermonde": (vandermonde_g
 
 def make_systematic(gen: np.ndarray, k_rows: int) -> np.ndarray:
     """G @ inv(G_top): the first k subtasks then carry the source pieces unchanged."""
-    return gen @ np.linalg.inv(gen[:k_rows])
+    sys_gen = gen @ np.linalg.inv(gen[:k_rows])
+    sys_gen[:k_rows] = np.eye(k_rows)  # exact, not identity up to rounding
+    return sys_gen
 
 
 @lru_cache(maxsize=64)
