@@ -82,7 +82,10 @@ def launch(cfg, world, rank: int) -> int:
         world.Abort(1)
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}" if not is_user_error(exc) else str(exc)
-        error(rank, message)
+        if rank == 0:
+            error(rank, message)
+        else:  # a worker failing outside a task is rare and worth one line of its own
+            click.echo(f"cocoi: error on rank {rank}: {message}", err=True)
         return 1
 
 

@@ -20,17 +20,41 @@ from cocoi_mpi.traces import (
 )
 
 CONFIG = {"model": "vgg16", "scheme": "cocoi", "code": "rotation", "n": 3, "k": 2}
-META = {"versions": {"python": "3.11", "torch": "2.13.0"}, "world_size": 4,
-        "hostnames": ["m", "pi1", "pi2", "pi3"], "git_commit": "deadbee"}
+META = {
+    "versions": {"python": "3.11", "torch": "2.13.0"},
+    "world_size": 4,
+    "hostnames": ["m", "pi1", "pi2", "pi3"],
+    "git_commit": "deadbee",
+}
 
 
 def _requests() -> list[dict]:
     """Latencies 1 s and 3 s; enc+dec shares 10 % and 20 %; second request mismatches."""
     return [
-        dict(request=0, scheme="cocoi", scenario=1, latency=1.0, predicted=7,
-             reference_predicted=7, rel_err=1e-6, encode_s=0.05, decode_s=0.05, n_rounds=2),
-        dict(request=1, scheme="cocoi", scenario=1, latency=3.0, predicted=2,
-             reference_predicted=5, rel_err=3e-6, encode_s=0.3, decode_s=0.3, n_rounds=2),
+        dict(
+            request=0,
+            scheme="cocoi",
+            scenario=1,
+            latency=1.0,
+            predicted=7,
+            reference_predicted=7,
+            rel_err=1e-6,
+            encode_s=0.05,
+            decode_s=0.05,
+            n_rounds=2,
+        ),
+        dict(
+            request=1,
+            scheme="cocoi",
+            scenario=1,
+            latency=3.0,
+            predicted=2,
+            reference_predicted=5,
+            rel_err=3e-6,
+            encode_s=0.3,
+            decode_s=0.3,
+            n_rounds=2,
+        ),
     ]
 
 
@@ -38,22 +62,57 @@ def _rounds() -> list[dict]:
     """features.0 totals 10 and 30 ms (mean 20); features.3 totals 40 and 60 ms (mean 50)."""
     rows = []
     for req in (0, 1):
-        rows.append(dict(request=req, round=2 * req, layer="features.0", layer_index=0, k=2,
-                         n=3, pieces_per_worker=1, total_s=0.01 + 0.02 * req, encode_s=0.001,
-                         decode_s=0.002, wait_s=0.005, remainder_s=0.0, n_used=2,
-                         n_outstanding=1, n_failed=0))
-        rows.append(dict(request=req, round=2 * req + 1, layer="features.3", layer_index=1,
-                         k=2, n=3, pieces_per_worker=1, total_s=0.04 + 0.02 * req, n_used=2,
-                         n_outstanding=0, n_failed=1))
+        rows.append(
+            dict(
+                request=req,
+                round=2 * req,
+                layer="features.0",
+                layer_index=0,
+                k=2,
+                n=3,
+                pieces_per_worker=1,
+                total_s=0.01 + 0.02 * req,
+                encode_s=0.001,
+                decode_s=0.002,
+                wait_s=0.005,
+                remainder_s=0.0,
+                n_used=2,
+                n_outstanding=1,
+                n_failed=0,
+            )
+        )
+        rows.append(
+            dict(
+                request=req,
+                round=2 * req + 1,
+                layer="features.3",
+                layer_index=1,
+                k=2,
+                n=3,
+                pieces_per_worker=1,
+                total_s=0.04 + 0.02 * req,
+                n_used=2,
+                n_outstanding=0,
+                n_failed=1,
+            )
+        )
     return rows
 
 
 def _subtasks() -> list[dict]:
     """Five subtasks: used 3, late 1, failed 1; worker compute 10 ms on average."""
     statuses = [(1, "used"), (2, "used"), (3, "late"), (1, "used"), (3, "failed")]
-    return [dict(request=i // 3, round=i // 3, worker=w, status=s, worker_compute_s=0.01,
-                 worker_recv_s=0.002 if w == 1 else math.nan)
-            for i, (w, s) in enumerate(statuses)]
+    return [
+        dict(
+            request=i // 3,
+            round=i // 3,
+            worker=w,
+            status=s,
+            worker_compute_s=0.01,
+            worker_recv_s=0.002 if w == 1 else math.nan,
+        )
+        for i, (w, s) in enumerate(statuses)
+    ]
 
 
 def _make(path: Path, close: bool = True) -> Path:
@@ -77,8 +136,17 @@ def test_header(trace_path: Path) -> None:
     text = summarize(read_trace(trace_path))
     assert str(trace_path) in text
     assert "Status      complete" in text
-    for piece in ("model vgg16", "scheme cocoi", "code rotation", "n 3", "k 2",
-                  "World size  4", "torch 2.13.0", "deadbee", "4 distinct"):
+    for piece in (
+        "model vgg16",
+        "scheme cocoi",
+        "code rotation",
+        "n 3",
+        "k 2",
+        "World size  4",
+        "torch 2.13.0",
+        "deadbee",
+        "4 distinct",
+    ):
         assert piece in text, piece
 
 
@@ -97,8 +165,20 @@ def test_request_table_and_aggregate(trace_path: Path) -> None:
 def test_layer_table(trace_path: Path) -> None:
     text = summarize(read_trace(trace_path))
     first = next(line for line in text.splitlines() if line.startswith("features.0"))
-    assert first.split() == ["features.0", "2", "3", "1", "20.00", "1.00", "2.00", "5.00",
-                             "0.00", "2.0", "1.0", "0.0"]
+    assert first.split() == [
+        "features.0",
+        "2",
+        "3",
+        "1",
+        "20.00",
+        "1.00",
+        "2.00",
+        "5.00",
+        "0.00",
+        "2.0",
+        "1.0",
+        "0.0",
+    ]
     second = next(line for line in text.splitlines() if line.startswith("features.3"))
     assert second.split()[4] == "50.00" and second.split()[-1] == "1.0"
     assert text.index("features.0") < text.index("features.3")
@@ -106,8 +186,9 @@ def test_layer_table(trace_path: Path) -> None:
 
 def test_subtask_summary(trace_path: Path) -> None:
     text = summarize(read_trace(trace_path))
-    assert ("used 3 (60.0%)  late 1 (20.0%)  skipped 0 (0.0%)  failed 1 (20.0%)  "
-            "cancelled 0 (0.0%)") in text
+    assert (
+        "used 3 (60.0%)  late 1 (20.0%)  skipped 0 (0.0%)  failed 1 (20.0%)  cancelled 0 (0.0%)"
+    ) in text
     assert "recv 2.00 ms  compute 10.00 ms  send - ms" in text
     worker3 = next(line for line in text.splitlines() if line.split()[:2] == ["3", "2"])
     assert worker3.split()[2:7] == ["0", "1", "0", "1", "0"]
@@ -135,8 +216,11 @@ def test_csv_export(trace_path: Path, tmp_path: Path) -> None:
     out = tmp_path / "csv"
     paths = write_csv(read_trace(trace_path), out)
     assert sorted(p.name for p in paths) == ["requests.csv", "rounds.csv", "subtasks.csv"]
-    for name, dtype, count in (("requests", REQUEST_DTYPE, 2), ("rounds", ROUND_DTYPE, 4),
-                               ("subtasks", SUBTASK_DTYPE, 5)):
+    for name, dtype, count in (
+        ("requests", REQUEST_DTYPE, 2),
+        ("rounds", ROUND_DTYPE, 4),
+        ("subtasks", SUBTASK_DTYPE, 5),
+    ):
         with open(out / f"{name}.csv", newline="") as fh:
             rows = list(csv.reader(fh))
         assert rows[0] == list(dtype.names)
@@ -146,8 +230,9 @@ def test_csv_export(trace_path: Path, tmp_path: Path) -> None:
     assert first["status"] == "used" and first["worker_send_s"] == ""
 
 
-def test_report_main_prints_and_writes(trace_path: Path, tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_report_main_prints_and_writes(
+    trace_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     report_main(trace_path, csv_dir=tmp_path / "out")
     printed = capsys.readouterr().out
     assert "Requests (2)" in printed and "wrote" in printed
@@ -165,8 +250,13 @@ def test_long_layer_names_and_varying_k(tmp_path: Path) -> None:
     path = tmp_path / "long.h5"
     with TraceWriter(path, config={}, meta={}, num_classes=2) as writer:
         name = "backbone.layer4.1.conv2.very_long_block_name"
-        writer.append("rounds", [dict(request=r, round=r, layer=name, layer_index=0, k=k, n=10,
-                                      total_s=0.1) for r, k in ((0, 4), (1, 7))])
+        writer.append(
+            "rounds",
+            [
+                dict(request=r, round=r, layer=name, layer_index=0, k=k, n=10, total_s=0.1)
+                for r, k in ((0, 4), (1, 7))
+            ],
+        )
     text = summarize(read_trace(path))
     row = next(line for line in text.splitlines() if line.startswith("..."))
     assert row.split()[:3] == ["...y_long_block_name", "4-7", "10"]

@@ -33,25 +33,91 @@ META = {
 NUM_CLASSES = 5
 
 REQUESTS = [
-    dict(request=0, scheme="cocoi", scenario=1, start=0.0, end=1.0, latency=1.0, predicted=3,
-         reference_predicted=3, max_abs_err=1e-6, rel_err=2e-7, encode_s=0.01, decode_s=0.02,
-         distributed_s=0.5, n_rounds=2),
-    dict(request=1, scheme="cocoi", scenario=1, start=1.0, end=2.5, latency=1.5, predicted=4,
-         n_rounds=2),
+    dict(
+        request=0,
+        scheme="cocoi",
+        scenario=1,
+        start=0.0,
+        end=1.0,
+        latency=1.0,
+        predicted=3,
+        reference_predicted=3,
+        max_abs_err=1e-6,
+        rel_err=2e-7,
+        encode_s=0.01,
+        decode_s=0.02,
+        distributed_s=0.5,
+        n_rounds=2,
+    ),
+    dict(
+        request=1,
+        scheme="cocoi",
+        scenario=1,
+        start=1.0,
+        end=2.5,
+        latency=1.5,
+        predicted=4,
+        n_rounds=2,
+    ),
 ]
 ROUNDS = [
-    dict(request=0, round=0, layer="features.0", layer_index=0, k=2, n=3, r=1,
-         pieces_per_worker=1, width_out=28, piece_width=14, remainder_width=0, start=0.1,
-         split_s=0.001, encode_s=0.002, send_s=0.003, wait_s=0.2, decode_s=0.004,
-         merge_s=0.0005, remainder_s=0.0, total_s=0.21, n_used=2, n_outstanding=1, n_failed=0,
-         used_workers="1,2", systematic_shortcut=True),
-    dict(request=0, round=1, layer="features.3", layer_index=1, k=2, n=3, r=1,
-         total_s=0.3, n_used=2, n_outstanding=0, n_failed=1, used_workers=[1, 3]),
+    dict(
+        request=0,
+        round=0,
+        layer="features.0",
+        layer_index=0,
+        k=2,
+        n=3,
+        r=1,
+        pieces_per_worker=1,
+        width_out=28,
+        piece_width=14,
+        remainder_width=0,
+        start=0.1,
+        split_s=0.001,
+        encode_s=0.002,
+        send_s=0.003,
+        wait_s=0.2,
+        decode_s=0.004,
+        merge_s=0.0005,
+        remainder_s=0.0,
+        total_s=0.21,
+        n_used=2,
+        n_outstanding=1,
+        n_failed=0,
+        used_workers="1,2",
+        systematic_shortcut=True,
+    ),
+    dict(
+        request=0,
+        round=1,
+        layer="features.3",
+        layer_index=1,
+        k=2,
+        n=3,
+        r=1,
+        total_s=0.3,
+        n_used=2,
+        n_outstanding=0,
+        n_failed=1,
+        used_workers=[1, 3],
+    ),
 ]
 SUBTASKS = [
-    dict(request=0, round=0, worker=w, code_row=w - 1, bytes_in=1000, bytes_out=500,
-         injected_delay_s=0.0, worker_recv_s=0.001, worker_compute_s=0.01, sent_t=0.11,
-         arrival_t=0.12 if w < 3 else math.nan, status="used" if w < 3 else "late")
+    dict(
+        request=0,
+        round=0,
+        worker=w,
+        code_row=w - 1,
+        bytes_in=1000,
+        bytes_out=500,
+        injected_delay_s=0.0,
+        worker_recv_s=0.001,
+        worker_compute_s=0.01,
+        sent_t=0.11,
+        arrival_t=0.12 if w < 3 else math.nan,
+        status="used" if w < 3 else "late",
+    )
     for w in (1, 2, 3)
 ]
 
@@ -113,7 +179,8 @@ def test_round_trip_logits_and_attrs(trace_path: Path) -> None:
     trace = read_trace(trace_path)
     assert trace.logits.dtype == np.float32
     np.testing.assert_array_equal(
-        trace.logits, np.stack([np.arange(NUM_CLASSES), np.ones(NUM_CLASSES)]))
+        trace.logits, np.stack([np.arange(NUM_CLASSES), np.ones(NUM_CLASSES)])
+    )
     assert trace.config == CONFIG
     assert trace.attrs["versions"] == META["versions"]
     assert trace.attrs["hostnames"] == META["hostnames"]
@@ -217,8 +284,9 @@ def test_set_worker_send_fills_matching_rows(tmp_path: Path) -> None:
     with TraceWriter(path, config={}, meta={}, num_classes=2) as writer:
         writer.append("subtasks", [dict(request=0, round=0, worker=w) for w in (1, 2, 3)])
         writer.append("subtasks", [dict(request=1, round=1, worker=w) for w in (1, 2, 1)])
-        leftover = writer.set_worker_send([(0, 2, 0.25), (1, 1, 0.5), (1, 1, 0.75), (1, 1, 9.0),
-                                           (7, 1, 1.0)])
+        leftover = writer.set_worker_send(
+            [(0, 2, 0.25), (1, 1, 0.5), (1, 1, 0.75), (1, 1, 9.0), (7, 1, 1.0)]
+        )
         assert leftover == [(1, 1, 9.0), (7, 1, 1.0)]
         assert writer.set_worker_send([(0, 2, 99.0)]) == [(0, 2, 99.0)]  # never overwrite
     send = read_trace(path).subtasks["worker_send_s"]

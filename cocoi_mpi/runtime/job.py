@@ -78,8 +78,12 @@ def prepare(cfg: RunConfig) -> MasterJob:
         check_shape(inputs, expected, cfg.model)
     else:
         inputs = seeded_inputs(input_shape(cfg.model, model), cfg.seed, cfg.requests)
-    with torch.no_grad():
-        logits = model(inputs[:1])  # a model that rejects this input fails here, not mid-run
+    try:
+        with torch.no_grad():
+            logits = model(inputs[:1])  # a model that rejects this input fails here
+    except Exception as exc:
+        shape = tuple(inputs.shape[1:])
+        raise ValueError(f"model {cfg.model} fails on input of shape {shape}: {exc}") from None
     if logits.dim() != 2 or logits.shape[0] != 1:
         raise ValueError(f"{cfg.model} returned shape {tuple(logits.shape)}; expected (1, classes)")
     return MasterJob(model, inputs, int(logits.shape[1]), path=output_path(cfg))

@@ -1,0 +1,243 @@
+"""End to end: launch mpirun in a subprocess, check exit codes, output and the .h5.
+
+These are the commands users type. Each run has a timeout, so a hang fails the test
+instead of stalling the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cocoi_mpi.inputs import seeded_inputs
+from cocoi_mpi.models import build_model, input_shape
+from cocoi_mpi.traces import read_trace
+
+HERE = Path(__file__).resolve().parent
+MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+
+pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found next to python")
+
+
+def mpirun(np_: int, *args: str, timeout: int = 300, cwd: Path | None = None):
+    """Run `mpirun -np N python -m cocoi_mpi.run ARGS`; returns the CompletedProcess."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
+    env.setdefault("OMPI_MCA_btl", "^ofi")
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    cmd = [
+        MPIRUN,
+        "-np",
+        str(np_),
+        "--oversubscribe",
+        "--bind-to",
+        "none",
+        sys.executable,
+        "-m",
+        "cocoi_mpi.run",
+        *args,
+    ]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
+
+
+def local_logits(model: str, seed: int, requests: int) -> torch.Tensor:
+    """The reference: the same seeded model and inputs, forward in this process."""
+    net = build_model(model, seed=seed)
+    x = seeded_inputs(input_shape(model, net), seed, requests)
+    with torch.no_grad():
+        return torch.cat([net(x[i : i + 1]) for i in range(requests)])
+
+
+def assert_matches_local(path: Path, model: str, seed: int, requests: int) -> None:
+    trace = read_trace(path)
+    assert trace.complete
+    ref = local_logits(model, seed, requests).numpy()
+    got = trace.logits
+    assert got.shape == ref.shape
+    scale = np.abs(ref).max(axis=1)
+    assert (np.abs(got - ref).max(axis=1) <= 1e-4 * scale).all()
+    assert (got.argmax(axis=1) == ref.argmax(axis=1)).all()
+
+
+def assert_sane_tables(path: Path, n: int) -> None:
+    """Each round used k replies, durations positive, statuses known."""
+    trace = read_trace(path)
+    rounds, subtasks = trace.rounds, trace.subtasks
+    assert len(rounds["round"]) > 0
+    assert (rounds["n_used"] == rounds["k"]).all()
+    assert (rounds["n"] == n).all()
+    assert (rounds["total_s"] > 0).all() and (rounds["wait_s"] > 0).all()
+    assert len(subtasks["round"]) == n * len(rounds["round"])
+    used = subtasks["status"] == "used"
+    assert used.sum() == rounds["k"].sum()
+    assert (subtasks["worker_compute_s"][used] > 0).all()
+    assert (subtasks["arrival_t"][used] > subtasks["sent_t"][used]).all()
+    assert (trace.requests["latency"] > 0).all()
+
+
+def error_lines(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("cocoi: error:")]
+
+
+def test_lenet5_on_three_ranks(tmp_path):
+    out = tmp_path / "lenet.h5"
+    proc = mpirun(3, "--model", "lenet5", "--requests", "3", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "top-1 identical 3/3: OK" in proc.stdout
+    assert_matches_local(out, "lenet5", 0, 3)
+    assert_sane_tables(out, n=2)
+
+
+def test_user_cnn_with_silent_workers(tmp_path):
+    """Odd geometry from an import path; two workers never reply (n=5, k=3)."""
+    out = tmp_path / "odd.h5"
+    proc = mpirun(
+        6,
+        "--model",
+        "zoo:odd_cnn",
+        "--k",
+        "3",
+        "--silent",
+        "2,4",
+        "--requests",
+        "2",
+        "--seed",
+        "5",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert_matches_local(out, "zoo:odd_cnn", 5, 2)
+    rounds = read_trace(out).rounds
+    assert (rounds["n_failed"] == 2).all()
+    for used in rounds["used_workers"]:
+        assert not {2, 4} & {int(w) for w in used.split(",")}
+
+
+def test_vandermonde_code_runs(tmp_path):
+    """The paper's code is available; its float32 error is reported, not hidden."""
+    out = tmp_path / "vdm.h5"
+    proc = mpirun(4, "--model", "lenet5", "--code", "vandermonde", "--k", "2", "--out", str(out))
+    assert proc.returncode in (0, 3), proc.stderr
+    assert "check against local forward" in proc.stdout
+    assert read_trace(out).complete
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["vgg16", "resnet18"])
+def test_eleven_ranks(tmp_path, model):
+    """The issue's command: 11 ranks, 3 requests, logits equal to a local forward."""
+    out = tmp_path / f"{model}.h5"
+    proc = mpirun(11, "--model", model, "--requests", "3", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert_matches_local(out, model, 0, 3)
+    assert_sane_tables(out, n=10)
+    report = subprocess.run(
+        [sys.executable, "-m", "cocoi_mpi", "report", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0 and "Status      complete" in report.stdout
+
+
+@pytest.mark.slow
+def test_default_job_writes_results(tmp_path):
+    """No options: VGG16 on seeded input, results/<name>.h5 under the working dir."""
+    proc = mpirun(11, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    files = list((tmp_path / "results").glob("*.h5"))
+    assert len(files) == 1
+    assert_matches_local(files[0], "vgg16", 0, 1)
+
+
+def bad_run(tmp_path, np_: int, *args: str):
+    out = tmp_path / "bad.h5"
+    proc = mpirun(np_, *args, "--out", str(out), timeout=180)
+    return proc, out
+
+
+def assert_clean_failure(proc, out: Path, expect: str) -> None:
+    assert proc.returncode != 0
+    lines = error_lines(proc)
+    assert len(lines) == 1, proc.stderr
+    assert expect in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not out.exists() or not read_trace(out).complete
+
+
+@pytest.mark.parametrize(
+    "np_, args, expect",
+    [
+        (3, ["--model", "alexnet"], "unknown model"),
+        (3, ["--model", "lenet5", "--k", "3"], "k must satisfy"),
+        (3, ["--model", "lenet5", "--k", "0"], "k must satisfy"),
+        (1, ["--model", "lenet5"], "world size is 1"),
+        (3, ["--model", "lenet5", "--weights", "/nonexistent/w.pt"], "not found"),
+        (3, ["--model", "lenet5", "--n", "5"], "n=5"),
+        (3, ["--model", "zoo:failing_cnn"], "failing_cnn"),
+    ],
+)
+def test_bad_input_fails_cleanly(tmp_path, np_, args, expect):
+    proc, out = bad_run(tmp_path, np_, *args)
+    assert_clean_failure(proc, out, expect)
+
+
+def test_mismatched_weights_fail_cleanly(tmp_path):
+    other = torch.nn.Sequential(torch.nn.Linear(3, 2))
+    path = tmp_path / "other.pt"
+    torch.save(other.state_dict(), path)
+    proc, out = bad_run(tmp_path, 3, "--model", "lenet5", "--weights", str(path))
+    assert_clean_failure(proc, out, str(path))
+
+
+def test_wrong_input_shape_fails_cleanly(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros((3, 32, 32), dtype=np.float32))
+    proc, out = bad_run(tmp_path, 3, "--model", "lenet5", "--input", str(path))
+    assert_clean_failure(proc, out, "does not match")
+
+
+def test_user_weights_and_input_are_used(tmp_path):
+    """--weights and --input: the run's logits equal this process's forward of them."""
+    net = build_model("lenet5", seed=42)
+    torch.save(net.state_dict(), tmp_path / "w.pt")
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(9))
+    np.save(tmp_path / "x.npy", x.numpy())
+    out = tmp_path / "user.h5"
+    proc = mpirun(
+        3,
+        "--model",
+        "lenet5",
+        "--weights",
+        str(tmp_path / "w.pt"),
+        "--input",
+        str(tmp_path / "x.npy"),
+        "--requests",
+        "2",
+        "--out",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr
+    with torch.no_grad():
+        ref = net(x).numpy()
+    np.testing.assert_allclose(read_trace(out).logits, ref, rtol=0, atol=1e-4 * np.abs(ref).max())
+
+
+def test_config_file_and_cli_precedence(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('model = "lenet5"\nk = 1\nrequests = 2\n')
+    out = tmp_path / "cfg.h5"
+    proc = mpirun(3, "--config", str(cfg), "--k", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    trace = read_trace(out)
+    assert trace.config["k"] == 2 and trace.config["requests"] == 2
+    assert (trace.rounds["k"] == 2).all()
