@@ -13,7 +13,8 @@ from typing import Any
 
 import tomllib
 
-from .codes import CODES
+from .codes import CODES, SCHEMES
+from .scenarios import PAPER_STRAGGLER_FACTOR, Scenario
 
 
 class ConfigError(ValueError):
@@ -30,8 +31,15 @@ class RunConfig:
     requests: int = 1
     n: int | None = None  # workers; default: world size - 1
     k: int | None = None  # sources per layer; default: max(1, n - 2)
+    scheme: str = "cocoi"  # cocoi, uncoded, replication
     code: str = "rotation"
     systematic: bool = False
+    scenario: int = 0  # 0 none, 1 straggling, 2 failures, 3 failures + one straggler
+    lambda_tr: float = 0.0  # scenario 1: extra delay scale, in units of transmission time
+    failures: int = 0  # scenarios 2, 3: workers failing in each round
+    straggler_factor: float = PAPER_STRAGGLER_FACTOR  # scenario 3: compute slowdown
+    straggler_prob: float = 0.8  # scenario 3: chance the straggler is slow in a round
+    link_mbps: float = 0.0  # emulated link bandwidth per transfer; 0 = off
     seed: int = 0
     out: str | None = None
     name: str | None = None
@@ -94,6 +102,13 @@ TYPES: dict[str, tuple[type, ...]] = {
     "check": (bool,),
     "quiet": (bool,),
     "tolerance": (float, int),
+    "scheme": (str,),
+    "scenario": (int,),
+    "lambda_tr": (float, int),
+    "failures": (int,),
+    "straggler_factor": (float, int),
+    "straggler_prob": (float, int),
+    "link_mbps": (float, int),
 }
 
 
@@ -141,6 +156,12 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     k = cfg.k if cfg.k is not None else max(1, n - 2)
     if not 1 <= k <= n:
         raise ConfigError(f"k must satisfy 1 <= k <= n={n}, got k={k}")
+    if cfg.scheme not in SCHEMES:
+        raise ConfigError(f"unknown scheme {cfg.scheme!r}; choose one of: {', '.join(SCHEMES)}")
+    try:
+        scenario_of(cfg).check_workers(n)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if cfg.code not in CODES:
         raise ConfigError(f"unknown code {cfg.code!r}; choose one of: {', '.join(CODES)}")
     if cfg.requests < 1:
@@ -155,3 +176,15 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
             f"{len(set(cfg.silent))} silent workers exceed what n={n}, k={k} tolerates ({n - k})"
         )
     return dataclasses.replace(cfg, n=n, k=k, silent=tuple(sorted(set(cfg.silent))))
+
+
+def scenario_of(cfg: RunConfig) -> Scenario:
+    """The injected behaviour a config asks for (raises ValueError when out of range)."""
+    return Scenario(
+        kind=cfg.scenario,
+        lambda_tr=float(cfg.lambda_tr),
+        failures=cfg.failures,
+        straggler_factor=float(cfg.straggler_factor),
+        straggler_prob=float(cfg.straggler_prob),
+        link_mbps=float(cfg.link_mbps),
+    )

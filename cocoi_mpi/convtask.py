@@ -89,6 +89,7 @@ class Prepared:
     split: LayerSplit
     padded: torch.Tensor  # input padded in width, (1, C, H, W + left + right)
     coded: torch.Tensor  # (n, m, C, H, w_in)
+    pieces: torch.Tensor | None = None  # (k*m, C, H, w_in) sources, for streaming schemes
 
 
 def cut_pieces(
@@ -106,7 +107,7 @@ def cut_pieces(
 def prepare(spec: ConvSpec, x: torch.Tensor, code: Scheme) -> Prepared:
     """Split and encode: the inputs of the n subtasks."""
     split, padded, pieces = cut_pieces(spec, x, code.source_pieces)
-    return Prepared(split, padded, code.encode(pieces).contiguous())
+    return Prepared(split, padded, code.encode(pieces).contiguous(), pieces)
 
 
 def remainder(spec: ConvSpec, prep: Prepared) -> torch.Tensor | None:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .codes import Scheme, make_code
+from .codes import Scheme, make_scheme, scheme_k
 from .convtask import (
     ConvSpec,
     NotSplittable,
@@ -43,6 +43,7 @@ class Execution:
     n_outstanding: int = 0
     n_failed: int = 0
     subtasks: list[dict] = field(default_factory=list)
+    ranks: dict[int, int] = field(default_factory=dict)  # subtask -> rank that answered
 
 
 class Engine:
@@ -55,8 +56,10 @@ class Engine:
         code: str = "rotation",
         systematic: bool = False,
         clock: Callable[[], float] = time.perf_counter,
+        scheme: str = "cocoi",
     ):
         self.n, self.k, self.code_name, self.systematic = n, k, code, systematic
+        self.scheme = scheme
         self.clock = clock
         self.t0 = clock()
         self.request = -1
@@ -64,16 +67,25 @@ class Engine:
         self.bypass = False
         self.rounds: list[dict] = []
         self.subtasks: list[dict] = []
-        self._codes: dict[int, Scheme] = {}
+        self._codes: dict[tuple, Scheme] = {}
+
+    def use(self, scheme: str, k: int) -> None:
+        """Switch scheme and k between requests (sweeps interleave schemes)."""
+        self.scheme, self.k = scheme, k
 
     def code_for(self, k: int) -> Scheme:
-        if k not in self._codes:
-            self._codes[k] = make_code(self.code_name, self.n, k, self.systematic)
-        return self._codes[k]
+        key = (self.scheme, k)
+        if key not in self._codes:
+            self._codes[key] = make_scheme(self.scheme, self.n, k, self.code_name, self.systematic)
+        return self._codes[key]
 
     @property
     def pieces_per_task(self) -> int:
         return self.code_for(1).pieces_per_task
+
+    def layer_k(self, spec: ConvSpec, width: int) -> int:
+        """k for this layer: the scheme's k, capped so every piece has a column."""
+        return layer_k(spec, width, scheme_k(self.scheme, self.n, self.k), self.pieces_per_task)
 
     def now(self) -> float:
         return self.clock() - self.t0
@@ -90,7 +102,7 @@ class Engine:
     def run_conv(self, spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """One coded round for a type-1 conv, or a local conv when it cannot be split."""
         try:
-            k = layer_k(spec, x.shape[3], self.k, self.pieces_per_task)
+            k = self.layer_k(spec, x.shape[3])
         except NotSplittable:
             return local_conv(spec, x, bias)
         return self._coded_round(spec, x, bias, self.code_for(k))
@@ -101,7 +113,7 @@ class Engine:
         t_start = self.now()
         split, padded, pieces = cut_pieces(spec, x, code.source_pieces)
         t_split = self.now()
-        prep = Prepared(split, padded, code.encode(pieces).contiguous())
+        prep = Prepared(split, padded, code.encode(pieces).contiguous(), pieces)
         t_enc = self.now()
         self.round += 1
         ex = self._execute(spec, prep, code, self.round)
@@ -135,7 +147,10 @@ class Engine:
                 n_used=len(used),
                 n_outstanding=ex.n_outstanding,
                 n_failed=ex.n_failed,
-                used_workers=",".join(str(self.worker_label(i)) for i in used),
+                used_workers=",".join(
+                    str(r) for r in dict.fromkeys(ex.ranks.get(i, i + 1) for i in used)
+                ),
+                **flop_counts(spec, prep, code, decoded),
                 systematic_shortcut=bool(
                     getattr(code, "systematic", False) and sorted(used) == list(range(code.k))
                 ),
@@ -147,10 +162,6 @@ class Engine:
         self.subtasks.extend(ex.subtasks)
         return out
 
-    def worker_label(self, subtask: int) -> int:
-        """How a subtask's worker is named in traces (the MPI rank in real runs)."""
-        return subtask + 1
-
     def _execute(self, spec: ConvSpec, prep, code: Scheme, round_id: int) -> Execution:
         raise NotImplementedError
 
@@ -159,6 +170,20 @@ class Engine:
         rounds, subtasks = self.rounds, self.subtasks
         self.rounds, self.subtasks = [], []
         return rounds, subtasks
+
+
+def flop_counts(spec: ConvSpec, prep: Prepared, code: Scheme, decoded: torch.Tensor) -> dict:
+    """The N of the latency model for this round, from the actual tensor sizes."""
+    pieces = code.source_pieces
+    piece_in = prep.coded[0, 0].numel()  # C_in x H_in x W_I^p
+    piece_out = decoded[0].numel()  # C_out x H_out x W_O^p
+    k_h, k_w = spec.weight.shape[2:]
+    macs = spec.weight.shape[1] * k_h * k_w  # per output element (C_in / groups x K^2)
+    return dict(
+        n_enc=2.0 * pieces * code.n * code.pieces_per_task * piece_in,
+        n_cmp=2.0 * code.pieces_per_task * piece_out * macs,
+        n_dec=2.0 * pieces * pieces * piece_out,
+    )
 
 
 def local_conv(spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -181,10 +206,18 @@ class LocalEngine(Engine):
     def _execute(self, spec, prep, code, round_id) -> Execution:
         order = list(self.order) if self.order is not None else list(range(code.n))
         outputs = {i: worker_conv(spec, prep.coded[i]) for i in order if i not in self.silent}
+        issued = code.n
+        while not code.decodable(outputs):  # streaming schemes: more symbols until decodable
+            j = code.next_subtask(issued)
+            if j is None:
+                break
+            issued += 1
+            outputs[j] = worker_conv(spec, code.subtask_input(prep.pieces, j))
         return Execution(
             outputs=outputs,
             rest=remainder(spec, prep),
             n_failed=len(self.silent & set(range(code.n))),
+            ranks={i: i + 1 for i in outputs},
         )
 
 

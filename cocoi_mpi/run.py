@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from .codes import CODES
+from .codes import CODES, SCHEMES
 from .config import ConfigError, build_config
 
 
@@ -33,6 +33,42 @@ def error(rank: int, message: str) -> None:
 @click.option("--requests", type=int, help="Inference requests to serve. [1]")
 @click.option("--n", type=int, help="Workers to use. [world size - 1]")
 @click.option("--k", type=int, help="Source pieces per layer (any k of n decode). [n - 2]")
+@click.option(
+    "--scheme",
+    type=click.Choice(SCHEMES),
+    help="cocoi (MDS-coded), uncoded (n pieces, failed ones re-sent) or replication "
+    "(n/2 pieces x 2 copies). [cocoi]",
+)
+@click.option(
+    "--scenario",
+    type=click.IntRange(0, 3),
+    help="0 none, 1 straggling, 2 failures, 3 failures + one slow worker (paper VI). [0]",
+)
+@click.option(
+    "--lambda-tr",
+    "lambda_tr",
+    type=float,
+    help="Scenario 1: extra delay ~ Exp(lambda_tr x transmission time). [0]",
+)
+@click.option("--failures", type=int, help="Scenarios 2-3: workers failing per round. [0]")
+@click.option(
+    "--straggler-factor",
+    "straggler_factor",
+    type=float,
+    help="Scenario 3: compute slowdown of the straggler. [85.2/50.8]",
+)
+@click.option(
+    "--straggler-prob",
+    "straggler_prob",
+    type=float,
+    help="Scenario 3: chance the straggler is slow in a round. [0.8]",
+)
+@click.option(
+    "--link-mbps",
+    "link_mbps",
+    type=float,
+    help="Emulate a link of this bandwidth on every transfer; 0 = off. [0]",
+)
 @click.option(
     "--code",
     type=click.Choice(CODES),

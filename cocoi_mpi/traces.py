@@ -44,6 +44,9 @@ REQUEST_DTYPE = np.dtype(
         ("request", "i8"),
         ("scheme", "S24"),
         ("scenario", "i4"),
+        ("level", "f8"),  # lambda_tr in scenario 1, n_f in scenarios 2-3
+        ("repetition", "i4"),
+        ("k", "i4"),  # the configured k (narrow layers may use less)
         ("start", "f8"),
         ("end", "f8"),
         ("latency", "f8"),
@@ -80,6 +83,9 @@ ROUND_DTYPE = np.dtype(
         ("merge_s", "f8"),
         ("remainder_s", "f8"),
         ("total_s", "f8"),
+        ("n_enc", "f8"),  # FLOPs of encoding (eq. 8 generalised to m pieces per subtask)
+        ("n_cmp", "f8"),  # FLOPs of one subtask on a worker (eq. 9)
+        ("n_dec", "f8"),  # FLOPs of decoding (eq. 12)
         ("n_used", "i4"),
         ("n_outstanding", "i4"),  # replies not yet arrived at decode time
         ("n_failed", "i4"),  # simulated failures / silent workers

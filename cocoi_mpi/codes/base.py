@@ -49,5 +49,22 @@ class Scheme(ABC):
         ``outputs`` is in arrival order; a scheme uses the earliest ones it needs.
         """
 
+    def needs_resend(self, failed: int, arrived: Collection[int], pending: Collection[int]) -> bool:
+        """After subtask ``failed`` reported failure: must its input go to another worker?
+
+        ``arrived`` replied, ``pending`` may still reply. By default a scheme re-sends
+        only when what can still arrive would not be enough to decode.
+        """
+        return not self.decodable({*arrived, *pending})
+
+    def next_subtask(self, issued: int) -> int | None:
+        """Streaming schemes (LT) hand an idle worker subtask ``issued`` (a new one);
+        fixed-rate schemes have exactly ``n`` subtasks and return None."""
+        return None
+
+    def subtask_input(self, pieces: torch.Tensor, subtask: int) -> torch.Tensor:
+        """(m, ...) input of a subtask made after ``encode`` (streaming schemes)."""
+        raise NotImplementedError(f"{self.name} makes all its subtasks in encode()")
+
     def describe(self) -> str:
         return f"{self.name}(n={self.n}, k={self.k}, m={self.pieces_per_task})"

@@ -21,7 +21,7 @@ import torch
 from mpi4py import MPI
 
 from .. import __version__
-from ..config import RunConfig
+from ..config import RunConfig, scenario_of
 from ..engine import install
 from ..inputs import check_shape, load_input, seeded_inputs
 from ..models import MODELS, build_model, input_shape, load_weights
@@ -144,7 +144,15 @@ def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
     try:
         job = prepare(cfg)
         engine = MasterEngine(
-            comm, range(1, cfg.n + 1), cfg.k, cfg.code, cfg.systematic, cfg.silent
+            comm,
+            range(1, cfg.n + 1),
+            cfg.k,
+            cfg.code,
+            cfg.systematic,
+            cfg.silent,
+            scheme=cfg.scheme,
+            scenario=scenario_of(cfg),
+            seed=cfg.seed,
         )
         job.specs = install(job.model, engine)
     except BaseException:
@@ -231,8 +239,11 @@ def request_row(
     """One row of the requests table, with the check against the local forward."""
     row = dict(
         request=req,
-        scheme="cocoi",
-        scenario=0,
+        scheme=cfg.scheme,
+        scenario=cfg.scenario,
+        level=scenario_of(cfg).level,
+        repetition=0,
+        k=cfg.k,
         start=t0,
         end=t1,
         latency=t1 - t0,

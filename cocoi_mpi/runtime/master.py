@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -22,10 +22,12 @@ from mpi4py.util.dtlib import from_numpy_dtype
 from ..codes import Scheme
 from ..convtask import ConvSpec, Prepared, remainder
 from ..engine import Engine, Execution
+from ..scenarios import FaultModel, Scenario
 from .protocol import (
     CTRL,
     ERROR,
     ERROR_BYTES,
+    FAILED,
     TRAILER,
     Done,
     LayerMeta,
@@ -54,17 +56,44 @@ class Pending:
     """A posted receive and everything needed to record it when it completes."""
 
     index: int  # subtask index (code row block)
+    rank: int  # the worker computing it
     request: MPI.Request
     buffer: np.ndarray
     shape: tuple[int, ...]
     row: dict  # its subtask trace row, completed on arrival
     late: bool = False  # still open when its round decoded
 
+    @property
+    def arrived(self) -> bool:
+        return self.row.get("arrival_t") is not None
 
-@dataclass(frozen=True)
-class Fault:
-    fail: bool = False
-    delay: float = 0.0
+
+@dataclass
+class Round:
+    """One coded round in flight on the master."""
+
+    round_id: int
+    spec: ConvSpec
+    prep: Prepared
+    code: Scheme
+    out_shape: tuple[int, ...]
+    pending: list[Pending] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    outputs: dict[int, torch.Tensor] = field(default_factory=dict)
+    ranks: dict[int, int] = field(default_factory=dict)
+    failed: set[int] = field(default_factory=set)  # subtasks that failed
+    down: set[int] = field(default_factory=set)  # ranks that failed in this round
+    issued: int = 0  # subtasks created so far (streaming schemes add more)
+
+    @property
+    def tag(self) -> int:
+        return data_tag(self.round_id)
+
+    def open(self) -> list[Pending]:
+        return [p for p in self.pending if not p.arrived]
+
+    def busy(self, rank: int) -> int:
+        return sum(p.rank == rank for p in self.open())
 
 
 class MasterEngine(Engine):
@@ -78,18 +107,31 @@ class MasterEngine(Engine):
         code: str,
         systematic: bool = False,
         silent: Sequence[int] = (),
+        scheme: str = "cocoi",
+        scenario: Scenario | None = None,
+        seed: int = 0,
     ):
-        super().__init__(len(workers), k, code, systematic, clock=MPI.Wtime)
+        super().__init__(len(workers), k, code, systematic, clock=MPI.Wtime, scheme=scheme)
         self.comm, self.workers = comm, list(workers)
-        self.silent = frozenset(silent)
+        self.seed = seed
+        self.faults = FaultModel(scenario or Scenario(), self.workers, seed, silent)
         self.late: list[Pending] = []
         self.sends: list[tuple[MPI.Request, object]] = []
         self.resolved: list[dict] = []  # late rows resolved, appended with the next rows
         self.err_buf = bytearray(ERROR_BYTES)
         self.err_req = comm.Irecv(self.err_buf, source=MPI.ANY_SOURCE, tag=ERROR)
 
-    def worker_label(self, subtask: int) -> int:
-        return self.workers[subtask]
+    @property
+    def silent(self) -> frozenset:
+        return self.faults.silent
+
+    @silent.setter
+    def silent(self, ranks) -> None:
+        self.faults.silent = frozenset(ranks)
+
+    def set_scenario(self, scenario: Scenario) -> None:
+        """Change the injected behaviour between requests (sweeps)."""
+        self.faults = FaultModel(scenario, self.workers, self.seed, self.faults.silent)
 
     def setup(self, specs: Sequence[ConvSpec]) -> list[str]:
         """Give every worker the type-1 convs (metadata by bcast, weights as raw Bcast).
@@ -115,80 +157,116 @@ class MasterEngine(Engine):
             self.comm.Bcast(np.ascontiguousarray(spec.weight.numpy()), root=0)
         return self.comm.gather(socket.gethostname(), root=0)
 
-    def fault(self, round_id: int, rank: int) -> Fault:
-        """Injected behaviour of one subtask; decided here so a seed reproduces a run."""
-        return Fault(fail=rank in self.silent)
-
     def _execute(self, spec: ConvSpec, prep: Prepared, code: Scheme, round_id: int) -> Execution:
-        tag = data_tag(round_id)
-        out_shape = reply_shape(spec, prep, code)
+        rnd = Round(round_id, spec, prep, code, reply_shape(spec, prep, code))
         t0 = self.now()
-        pending, rows = [], []
-        for i, rank in enumerate(self.workers):
-            fault = self.fault(round_id, rank)
-            payload = prep.coded[i].numpy()
-            task = Task(
-                round_id,
-                spec.layer_id,
-                payload.shape,
-                str(payload.dtype),
-                i,
-                fault.fail,
-                fault.delay,
-            )
-            self.sends.append((self.comm.isend(task, dest=rank, tag=CTRL), None))
-            self.sends.append((self.comm.Isend(payload, dest=rank, tag=tag), payload))
-            row = dict(
-                request=self.request,
-                round=round_id,
-                worker=rank,
-                code_row=i,
-                bytes_in=payload.nbytes,
-                bytes_out=payload.itemsize * int(np.prod(out_shape)),
-                injected_delay_s=fault.delay,
-                sent_t=self.now(),
-            )
-            if fault.fail:
-                rows.append({**row, "status": "failed"})
-                continue
-            buf = reply_buffer(out_shape, task.dtype)
-            req = self.comm.Irecv(buf, source=rank, tag=tag)
-            pending.append(Pending(i, req, buf, out_shape, row))
+        for i in range(code.n):
+            self.issue(rnd, i, self.workers[i % len(self.workers)])
+        rnd.issued = code.n
         t_sent = self.now()
         rest = remainder(spec, prep)
         t_rest = self.now()
         try:
-            outputs = self.collect(code, pending, rows)
+            self.collect(rnd)
         finally:  # posted receives own their buffers until completed, error or not
-            open_ = [p for p in pending if p.row.get("arrival_t") is None]
+            open_ = rnd.open()
             self.close_round(round_id, open_)
         t_ready = self.now()
         return Execution(
-            outputs=outputs,
+            outputs=rnd.outputs,
             send_s=t_sent - t0,
             wait_s=t_ready - t_sent,
             remainder_s=t_rest - t_sent,
             rest=rest,
             n_outstanding=len(open_),
-            n_failed=sum(r["status"] == "failed" for r in rows),
-            subtasks=rows + self.take_resolved(),
+            n_failed=len(rnd.failed),
+            subtasks=rnd.rows + self.take_resolved(),
+            ranks=rnd.ranks,
         )
 
-    def collect(self, code: Scheme, pending: list[Pending], rows: list[dict]) -> dict:
-        """Waitsome until ``code`` can decode; returns outputs in arrival order."""
-        outputs: dict[int, torch.Tensor] = {}
-        while not code.decodable(outputs):
-            waiting = [p for p in pending if p.row.get("arrival_t") is None]
+    def subtask_input(self, rnd: Round, index: int) -> np.ndarray:
+        if index < rnd.prep.coded.shape[0]:
+            return rnd.prep.coded[index].numpy()
+        pieces = rnd.prep.pieces
+        return rnd.code.subtask_input(pieces, index).contiguous().numpy()
+
+    def issue(self, rnd: Round, index: int, rank: int) -> None:
+        """Send subtask ``index`` to ``rank`` and post the receive for its reply."""
+        payload = self.subtask_input(rnd, index)
+        out_bytes = payload.itemsize * int(np.prod(rnd.out_shape))
+        fault = self.faults.fault(rnd.round_id, index, rank, payload.nbytes, out_bytes)
+        task = Task(
+            rnd.round_id,
+            rnd.spec.layer_id,
+            payload.shape,
+            str(payload.dtype),
+            index,
+            fault.fail,
+            fault.recv_delay,
+            fault.send_delay,
+            fault.slowdown,
+        )
+        self.sends.append((self.comm.isend(task, dest=rank, tag=CTRL), None))
+        self.sends.append((self.comm.Isend(payload, dest=rank, tag=rnd.tag), payload))
+        row = dict(
+            request=self.request,
+            round=rnd.round_id,
+            worker=rank,
+            code_row=index,
+            bytes_in=payload.nbytes,
+            bytes_out=out_bytes,
+            injected_delay_s=fault.injected,
+            sent_t=self.now(),
+        )
+        if fault.fail == "silent":  # never replies: nothing to receive
+            rnd.rows.append({**row, "status": "failed"})
+            rnd.failed.add(index)
+            rnd.down.add(rank)
+            return
+        buf = reply_buffer(rnd.out_shape, task.dtype)
+        req = self.comm.Irecv(buf, source=rank, tag=rnd.tag)
+        rnd.pending.append(Pending(index, rank, req, buf, rnd.out_shape, row))
+
+    def collect(self, rnd: Round) -> None:
+        """Waitsome until the scheme can decode, re-sending and streaming as it asks."""
+        code = rnd.code
+        while not code.decodable(rnd.outputs):
+            waiting = rnd.open()
             if not waiting:
                 raise RoundFailed(
-                    f"only {len(outputs)} of {code.n} subtasks can reply; {code.describe()} "
-                    "cannot decode"
+                    f"only {len(rnd.outputs)} of {code.n} subtasks replied; "
+                    f"{code.describe()} cannot decode"
                 )
             for p in self.wait_some(waiting):
-                rows.append(p.row)
-                if p.row["status"] != "skipped":
-                    outputs[p.index] = torch.from_numpy(p.buffer[: -len(TRAILER)]).view(p.shape)
-        return outputs
+                rnd.rows.append(p.row)
+                if p.row["status"] == "failed":
+                    self.on_failure(rnd, p)
+                elif p.row["status"] != "skipped":
+                    rnd.outputs[p.index] = torch.from_numpy(p.buffer[: -len(TRAILER)]).view(p.shape)
+                    rnd.ranks[p.index] = p.rank
+                    self.on_reply(rnd, p)
+
+    def on_failure(self, rnd: Round, p: Pending) -> None:
+        """A worker said it failed: re-send its input elsewhere if the scheme needs it."""
+        rnd.failed.add(p.index)
+        rnd.down.add(p.rank)
+        pending = {q.index for q in rnd.open()}
+        if not rnd.code.needs_resend(p.index, rnd.outputs, pending):
+            return
+        live = [r for r in self.workers if r not in rnd.down and r not in self.silent]
+        if not live:
+            raise RoundFailed(f"round {rnd.round_id}: every worker failed")
+        target = min(live, key=lambda r: (rnd.busy(r), self.workers.index(r)))
+        self.issue(rnd, p.index, target)
+
+    def on_reply(self, rnd: Round, p: Pending) -> None:
+        """Streaming schemes give the worker that just answered another subtask."""
+        if rnd.code.decodable(rnd.outputs):
+            return
+        index = rnd.code.next_subtask(rnd.issued)
+        if index is not None:
+            rnd.issued += 1
+            self.issue(rnd, index, p.rank)
 
     def wait_some(self, waiting: list[Pending]) -> list[Pending]:
         """One Waitsome over errors, this round and the late pool; returns this round's."""
@@ -215,8 +293,7 @@ class MasterEngine(Engine):
 
     def close_round(self, round_id: int, open_: list[Pending]) -> None:
         """Tell workers still owing a reply that the round is decoded; keep their receives."""
-        for p in open_:
-            rank = self.workers[p.index]
+        for rank in sorted({p.rank for p in open_}):
             self.sends.append((self.comm.isend(Done((round_id,)), dest=rank, tag=CTRL), None))
         for p in open_:
             p.late = True
@@ -276,20 +353,24 @@ def reply_shape(spec: ConvSpec, prep: Prepared, code: Scheme) -> tuple[int, ...]
 def mark_late(row: dict) -> dict:
     """A reply that came after its round decoded: 'late', or 'skipped' if the worker
     skipped it on hearing the round was done."""
-    if row["status"] != "skipped":
+    if row["status"] not in ("skipped", "failed"):
         row["status"] = "late"
     return row
 
 
 def finish_row(p: Pending, status: MPI.Status, t: float) -> None:
-    """Fill a subtask row from its reply: arrival, worker durations, skipped or not."""
+    """Fill a subtask row from its reply: arrival, worker durations, or its notice."""
     count = status.Get_elements(from_numpy_dtype(p.buffer.dtype))
-    trailer = p.buffer[count - len(TRAILER) : count] if count >= len(TRAILER) else None
     p.row["arrival_t"] = t
     if count == len(TRAILER):
-        p.row["status"] = "skipped"
+        code = float(p.buffer[0])
+        p.row["status"] = "failed" if code == FAILED else "skipped"
         return
-    p.row["status"] = "replied"
-    if trailer is not None:
-        recv_s, queue_s, compute_s, _delay = (float(v) for v in trailer)
-        p.row.update(worker_recv_s=recv_s, worker_queue_s=queue_s, worker_compute_s=compute_s)
+    recv_s, queue_s, compute_s, delay_s = (float(v) for v in p.buffer[count - len(TRAILER) : count])
+    p.row.update(
+        status="replied",
+        worker_recv_s=recv_s,
+        worker_queue_s=queue_s,
+        worker_compute_s=compute_s,
+        injected_delay_s=delay_s,
+    )

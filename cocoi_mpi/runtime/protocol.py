@@ -22,6 +22,9 @@ ERROR_BYTES = 4096
 
 # Worker-side durations appended to every reply: receive, queue, compute, injected delay.
 TRAILER = ("recv_s", "queue_s", "compute_s", "delay_s")
+# A trailer-only reply carries one of these codes in its first slot instead.
+SKIPPED = -1.0  # the round was decoded before the worker got to it
+FAILED = -2.0  # the worker failed this subtask (simulated failure that signals itself)
 
 
 def data_tag(round_id: int) -> int:
@@ -53,8 +56,10 @@ class Task:
     shape: tuple[int, ...]
     dtype: str
     row: int
-    fail: bool = False  # simulated failure: receive, never reply
-    delay: float = 0.0  # injected delay before the reply is sent
+    fail: str = ""  # "silent": never reply; "notice": reply FAILED without computing
+    recv_delay: float = 0.0  # emulated input transmission before computing
+    send_delay: float = 0.0  # emulated output transmission (+ straggling) before replying
+    slowdown: float = 1.0  # compute made this many times slower (a straggling device)
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from ..convtask import ConvSpec, worker_conv
 from .protocol import (
     CTRL,
     ERROR,
+    FAILED,
+    SKIPPED,
     TRAILER,
     Done,
     LayerMeta,
@@ -104,27 +106,37 @@ class WorkerLoop:
 
     def handle(self, item: Queued) -> None:
         task = item.task
-        if task.fail:
+        if task.fail == "silent":
             return
+        if task.fail == "notice":
+            return self.reply_code(task, FAILED)
         if self.finished(task):
-            return self.reply_skip(task)
+            return self.reply_code(task, SKIPPED)
+        slept = self.pause(task.recv_delay)
         t0 = MPI.Wtime()
         try:
             with torch.no_grad():
                 out = worker_conv(self.specs[task.layer_id], torch.from_numpy(item.payload))
         except Exception as exc:  # reported to the master as data, then the task is closed
             self.report_error(task, exc)
-            return self.reply_skip(task)
+            return self.reply_code(task, SKIPPED)
         t1 = MPI.Wtime()
-        self.drain(block=False)
+        slept += self.pause((task.slowdown - 1.0) * (t1 - t0))
         if self.finished(task):
-            return self.reply_skip(task)
-        if task.delay > 0:
-            time.sleep(task.delay)
-        trailer = (item.t_data - item.t_header, t0 - item.t_data, t1 - t0, task.delay)
+            return self.reply_code(task, SKIPPED)
+        slept += self.pause(task.send_delay)
+        trailer = (item.t_data - item.t_header, t0 - item.t_data - task.recv_delay, t1 - t0, slept)
         self.send_reply(task, out.numpy().ravel(), trailer)
         self.computed += 1
         self.done = {r for r in self.done if r > task.round}
+
+    def pause(self, seconds: float) -> float:
+        """Sleep an injected delay, then take the control messages that came meanwhile."""
+        if seconds <= 0:
+            return 0.0
+        time.sleep(seconds)
+        self.drain(block=False)
+        return seconds
 
     def send_reply(self, task: Task, flat: np.ndarray, trailer: tuple) -> None:
         buf = np.empty(flat.size + len(TRAILER), dtype=task.dtype)
@@ -134,10 +146,12 @@ class WorkerLoop:
         self.comm.Send(buf, dest=0, tag=data_tag(task.round))
         self.sends.append((task.round, task.row, MPI.Wtime() - t0))
 
-    def reply_skip(self, task: Task) -> None:
-        """A trailer-only reply: closes the master's receive without the payload."""
-        self.comm.Send(np.zeros(len(TRAILER), dtype=task.dtype), dest=0, tag=data_tag(task.round))
-        self.skipped += 1
+    def reply_code(self, task: Task, code: float) -> None:
+        """A trailer-only reply (SKIPPED or FAILED): closes the master's receive."""
+        trailer = np.zeros(len(TRAILER), dtype=task.dtype)
+        trailer[0] = code
+        self.comm.Send(trailer, dest=0, tag=data_tag(task.round))
+        self.skipped += code == SKIPPED
 
     def report_error(self, task: Task, exc: BaseException) -> None:
         where = f"worker rank {self.comm.Get_rank()}, layer {task.layer_id}, round {task.round}"
@@ -171,6 +185,6 @@ def run_worker(comm: MPI.Comm) -> None:
         while not loop.stopping:
             loop.drain(block=True)
         for item in loop.queue:
-            if not item.task.fail:
-                loop.reply_skip(item.task)
+            if item.task.fail != "silent":
+                loop.reply_code(item.task, SKIPPED)
     comm.gather(loop.log(), root=0)

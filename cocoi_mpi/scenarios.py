@@ -1,0 +1,117 @@
+"""The paper's straggler and failure scenarios, and link emulation. Pure and seeded.
+
+Every injected behaviour is decided on the master from (seed, round, rank) alone, so
+the same seed gives the same delays and failures whatever the timing of the run.
+
+- scenario 1 (straggling): each subtask's transmission gets an extra delay drawn from
+  Exp(scale = lambda_tr * T_tr), T_tr the nominal transmission time of its bytes.
+- scenario 2 (failures): ``failures`` random workers fail in each round.
+- scenario 3: scenario 2 plus one "high-probability" straggler whose compute is
+  slower by ``straggler_factor`` (85.2/50.8 on the paper's Pis) in most rounds.
+- link emulation (``link_mbps`` > 0): every transfer also takes bytes / bandwidth,
+  as on the paper's WiFi, so a shared-memory run has a network to straggle on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+PAPER_STRAGGLER_FACTOR = 85.2 / 50.8  # VGG16 on the paper's slow Pi vs a normal one
+NOMINAL_MBPS = 100.0  # T_tr's bandwidth when no link is emulated
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One level of one scenario, as the command line and sweep files name it."""
+
+    kind: int = 0
+    lambda_tr: float = 0.0
+    failures: int = 0
+    straggler_factor: float = PAPER_STRAGGLER_FACTOR
+    straggler_prob: float = 0.8
+    link_mbps: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in (0, 1, 2, 3):
+            raise ValueError(f"scenario must be 0, 1, 2 or 3, got {self.kind}")
+        if self.lambda_tr < 0:
+            raise ValueError(f"lambda_tr must be >= 0, got {self.lambda_tr}")
+        if self.failures < 0:
+            raise ValueError(f"failures must be >= 0, got {self.failures}")
+        if self.straggler_factor < 1:
+            raise ValueError(f"straggler_factor must be >= 1, got {self.straggler_factor}")
+        if not 0 <= self.straggler_prob <= 1:
+            raise ValueError(f"straggler_prob must be in [0, 1], got {self.straggler_prob}")
+        if self.link_mbps < 0:
+            raise ValueError(f"link_mbps must be >= 0, got {self.link_mbps}")
+
+    @property
+    def level(self) -> float:
+        """The swept quantity: lambda_tr in scenario 1, n_f in scenarios 2 and 3."""
+        return self.lambda_tr if self.kind == 1 else float(self.failures)
+
+    def check_workers(self, n: int) -> None:
+        if self.kind in (2, 3) and self.failures > n - 1:
+            raise ValueError(f"{self.failures} failures per round leave no live worker of {n}")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What one subtask suffers. ``fail``: "" (none), "silent" (never replies) or
+    "notice" (tells the master it failed, as the paper's failed workers do)."""
+
+    fail: str = ""
+    recv_delay: float = 0.0  # seconds before the worker may start computing
+    send_delay: float = 0.0  # seconds before its reply may leave
+    slowdown: float = 1.0  # compute takes this many times longer
+
+    @property
+    def injected(self) -> float:
+        return self.recv_delay + self.send_delay
+
+
+def transfer_s(nbytes: int, mbps: float) -> float:
+    return 8.0 * nbytes / (mbps * 1e6)
+
+
+class FaultModel:
+    """Faults for each (round, worker), from the scenario, a seed and fixed ``silent`` ranks."""
+
+    def __init__(
+        self, scenario: Scenario, workers: Sequence[int], seed: int, silent: Sequence[int] = ()
+    ):
+        scenario.check_workers(len(workers))
+        self.scenario, self.workers, self.seed = scenario, list(workers), seed
+        self.silent = frozenset(silent)
+        self.straggler = self.workers[np.random.default_rng([seed, 0]).integers(len(workers))]
+
+    def round_state(self, round_id: int) -> tuple[frozenset, bool]:
+        """Which workers fail in this round, and whether the straggler is slow in it."""
+        sc, rng = self.scenario, np.random.default_rng([self.seed, 1, round_id])
+        failed: frozenset = frozenset()
+        if sc.kind in (2, 3) and sc.failures:
+            failed = frozenset(rng.choice(self.workers, size=sc.failures, replace=False).tolist())
+        slow = sc.kind == 3 and bool(rng.random() < sc.straggler_prob)
+        return failed, slow
+
+    def fault(self, round_id: int, subtask: int, rank: int, bytes_in: int, bytes_out: int) -> Fault:
+        """The fault of one subtask: the same (seed, round, subtask, rank) gives the same."""
+        sc = self.scenario
+        failed, slow = self.round_state(round_id)
+        link_in = transfer_s(bytes_in, sc.link_mbps) if sc.link_mbps else 0.0
+        link_out = transfer_s(bytes_out, sc.link_mbps) if sc.link_mbps else 0.0
+        extra = 0.0
+        if sc.kind == 1 and sc.lambda_tr > 0:
+            nominal = transfer_s(bytes_in + bytes_out, sc.link_mbps or NOMINAL_MBPS)
+            rng = np.random.default_rng([self.seed, 2, round_id, subtask, rank])
+            extra = float(rng.exponential(sc.lambda_tr * nominal))
+        fail = "silent" if rank in self.silent else "notice" if rank in failed else ""
+        return Fault(
+            fail=fail,
+            recv_delay=link_in,
+            send_delay=link_out + extra,
+            slowdown=sc.straggler_factor if slow and rank == self.straggler else 1.0,
+        )
