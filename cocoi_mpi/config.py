@@ -15,6 +15,7 @@ import tomllib
 
 from .codes import CODES, SCHEMES
 from .scenarios import PAPER_STRAGGLER_FACTOR, Scenario
+from .sweep import parse_sweep
 
 
 class ConfigError(ValueError):
@@ -48,6 +49,7 @@ class RunConfig:
     threads: int = 0  # torch threads per rank; 0: cores / ranks on this node
     silent: tuple[int, ...] = field(default_factory=tuple)  # worker ranks that never reply
     quiet: bool = False
+    sweep: dict | None = None  # a [sweep] table: schemes x scenarios x repetitions
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,7 +67,8 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    data = data.get("run", data)
+    if "run" in data:  # settings may sit in a [run] table beside [sweep]
+        data = {**data.pop("run"), **data}
     unknown = sorted(set(data) - FIELDS)
     if unknown:
         raise ConfigError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
@@ -109,6 +112,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "straggler_factor": (float, int),
     "straggler_prob": (float, int),
     "link_mbps": (float, int),
+    "sweep": (dict,),
 }
 
 
@@ -162,6 +166,12 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
         scenario_of(cfg).check_workers(n)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if cfg.sweep is not None:
+        try:
+            for scenario in parse_sweep(dict(cfg.sweep), scenario_of(cfg))[1]:
+                scenario.check_workers(n)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"[sweep]: {exc}") from None
     if cfg.code not in CODES:
         raise ConfigError(f"unknown code {cfg.code!r}; choose one of: {', '.join(CODES)}")
     if cfg.requests < 1:

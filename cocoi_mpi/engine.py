@@ -63,11 +63,23 @@ class Engine:
         self.clock = clock
         self.t0 = clock()
         self.request = -1
+        self.step = 0  # rounds so far in this request
+        self.fault_request = 0
         self.round = 0
         self.bypass = False
         self.rounds: list[dict] = []
         self.subtasks: list[dict] = []
         self._codes: dict[tuple, Scheme] = {}
+
+    def begin_request(self, request: int, fault_request: int | None = None) -> None:
+        """Number the rounds of a request from 0: faults are keyed on (request, step)."""
+        self.request = request
+        self.step = 0
+        self.fault_request = request if fault_request is None else fault_request
+
+    @property
+    def fault_key(self) -> int:
+        return self.fault_request * 100_000 + self.step
 
     def use(self, scheme: str, k: int) -> None:
         """Switch scheme and k between requests (sweeps interleave schemes)."""
@@ -116,6 +128,7 @@ class Engine:
         prep = Prepared(split, padded, code.encode(pieces).contiguous(), pieces)
         t_enc = self.now()
         self.round += 1
+        self.step += 1
         ex = self._execute(spec, prep, code, self.round)
         t_dec0 = self.now()
         decoded, used = code.decode(ex.outputs)
@@ -205,6 +218,7 @@ class LocalEngine(Engine):
 
     def _execute(self, spec, prep, code, round_id) -> Execution:
         order = list(self.order) if self.order is not None else list(range(code.n))
+        order = [i for i in order if i < code.n]  # narrow layers may use fewer subtasks
         outputs = {i: worker_conv(spec, prep.coded[i]) for i in order if i not in self.silent}
         issued = code.n
         while not code.decodable(outputs):  # streaming schemes: more symbols until decodable

@@ -189,11 +189,13 @@ def plot_cdfs(
         x = np.sort(normalise(*samples[phase]))
         se = profile.phase(phase)
         ax.step(x, np.arange(1, x.size + 1) / x.size, where="post", label="empirical")
-        grid = np.linspace(min(x[0], se.theta), x[-1], 400)
+        grid = np.geomspace(max(min(x[0], se.theta), x[-1] * 1e-6), x[-1], 400)
         ax.plot(grid, se.cdf(grid), "--", label="shift-exponential fit")
         ks = profile.ks.get(phase)
         ks_txt = "" if ks is None else f", KS={ks:.3f}"
         ax.set_title(f"{titles[phase]} (n={x.size}{ks_txt})", fontsize=9)
+        if x[-1] > 100 * max(x[0], 1e-300):  # heavy tail: a log axis keeps the body visible
+            ax.set_xscale("log")
         ax.set_xlabel(f"t/N ({units[phase]})")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("CDF")

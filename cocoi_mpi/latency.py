@@ -673,3 +673,8 @@ def straggler_gain(n: int, ratio: float) -> tuple[int, float, float]:
     k_e = n - math.e
     e_ke = (ratio + math.log(n / (n - k_e))) / k_e
     return int(ks[best]), float(1 - e_c[best] / e_u), float(1 - e_ke / e_u)
+
+
+def counts_for_spec(spec: ConvSpec, height: int, width: int, n: int, k: int, m: int) -> Counts:
+    """What the runtime records per round: eq. 8-12 for a ConvSpec on an (H, W) input."""
+    return layer_counts(LayerShape.from_spec(spec, height, width), n, k, m)

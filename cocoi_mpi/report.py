@@ -17,12 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from cocoi_mpi.experiments import scheme_stats
 from cocoi_mpi.traces import SUBTASK_STATUSES, TABLES, Trace, TraceError, read_trace
 
 __all__ = ["TraceError", "report_main", "summarize", "write_csv"]
 
 WIDTH = 100
 CONFIG_KEYS = ("model", "scheme", "code", "n", "k")
+
+
+MAX_REQUEST_ROWS = 40
 
 
 def _mean(values: np.ndarray) -> float:
@@ -123,7 +127,8 @@ def _request_lines(trace: Trace) -> list[str]:
         return ["Requests: none recorded"]
     share = _share(req)
     rows = []
-    for i in range(n):
+    shown = n if n <= MAX_REQUEST_ROWS else MAX_REQUEST_ROWS
+    for i in range(shown):
         ref, rel, top1 = _check_cells(
             int(req["reference_predicted"][i]), int(req["predicted"][i]), float(req["rel_err"][i])
         )
@@ -153,7 +158,33 @@ def _request_lines(trace: Trace) -> list[str]:
         "enc+dec %",
         "rounds",
     ]
-    return [f"Requests ({n})"] + _table(headers, rows, left=0)
+    more = [f"... {n - shown} more requests (cocoi report --csv DIR writes them all)"]
+    return [f"Requests ({n})"] + _table(headers, rows, left=0) + (more if shown < n else [])
+
+
+def _scheme_lines(trace: Trace) -> list[str]:
+    """Per scenario, level and scheme: latency statistics and reduction vs uncoded."""
+    req = trace.requests
+    if trace.n_rows("requests") == 0:
+        return []
+    if len(set(req["scheme"].tolist())) < 2 and len(set(req["level"].tolist())) < 2:
+        return []
+    rows = [
+        [
+            str(r["scenario"]),
+            f"{r['level']:g}",
+            r["scheme"],
+            str(r["count"]),
+            _fmt(r["mean"], ".3f"),
+            _fmt(r["std"], ".3f"),
+            _fmt(r["p95"], ".3f"),
+            "-" if math.isnan(r["reduction"]) else f"{100 * r['reduction']:+.1f}%",
+        ]
+        for r in scheme_stats(trace)
+    ]
+    headers = ["scen", "level", "scheme", "n", "mean s", "std s", "p95 s", "vs uncoded"]
+    note = "vs uncoded: latency reduction against uncoded at the same scenario and level"
+    return ["Schemes"] + _table(headers, rows, left=3) + [note]
 
 
 def _aggregate_lines(trace: Trace) -> list[str]:
@@ -312,6 +343,7 @@ def summarize(trace: Trace) -> str:
         _header,
         _request_lines,
         _aggregate_lines,
+        _scheme_lines,
         _layer_lines,
         _subtask_lines,
     ]
@@ -350,10 +382,16 @@ def write_csv(trace: Trace, out_dir: str | os.PathLike[str]) -> list[Path]:
 def report_main(
     path: str | os.PathLike[str],
     csv_dir: str | os.PathLike[str] | None = None,
+    plots_dir: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Print the report for one file and optionally export CSV; bad files raise TraceError."""
+    """Print the report; optionally export CSV and PNG figures. Bad files raise TraceError."""
     trace = read_trace(path)
     print(summarize(trace), end="")
     if csv_dir is not None:
         for written in write_csv(trace, csv_dir):
+            print(f"wrote {written}")
+    if plots_dir is not None:
+        from .plots import write_plots
+
+        for written in write_plots(trace, plots_dir):
             print(f"wrote {written}")

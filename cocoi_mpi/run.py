@@ -7,7 +7,12 @@ the job with one error line from rank 0 and a non-zero exit, never a hang.
 
 from __future__ import annotations
 
+import os
 import sys
+
+# Many ranks share few cores: numpy's BLAS threads would fight the torch threads that
+# set_threads() sizes, and made LT's small SVDs 50x slower. Set before numpy loads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click
 

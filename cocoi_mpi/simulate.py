@@ -82,12 +82,16 @@ def robust_soliton(k: int, c: float = 0.03, delta: float = 0.5) -> np.ndarray:
     return pmf / pmf.sum()
 
 
-def _needed_one(k: int, rng: np.random.Generator, pmf: np.ndarray) -> int:
-    """Symbols until the generic rank reaches k: incremental bipartite matching (Kuhn)."""
+def _needed_one(
+    k: int, rng: np.random.Generator, pmf: np.ndarray, record: list | None = None
+) -> int:
+    """Symbols until the generic rank reaches k: incremental bipartite matching (Kuhn).
+
+    Each symbol draws a Robust-Soliton degree d and d distinct sources; it joins the
+    matching if an augmenting path from it exists. ``record`` collects the supports.
+    """
     cap = 3 * k + 30
     degs = rng.choice(k, size=cap, p=pmf) + 1
-    edges = rng.integers(0, k, size=int(degs.sum()))
-    ends = np.cumsum(degs)
     match = [-1] * k
     stamp = [0] * k
     adj: list[list[int]] = []
@@ -103,7 +107,10 @@ def _needed_one(k: int, rng: np.random.Generator, pmf: np.ndarray) -> int:
 
     size = 0
     for j in range(cap):
-        adj.append(list(set(edges[ends[j] - degs[j] : ends[j]].tolist())))
+        support = rng.choice(k, size=int(degs[j]), replace=False).tolist()
+        adj.append(support)
+        if record is not None:
+            record.append(support)
         if augment(j, j + 1):
             size += 1
             if size == k:
@@ -118,8 +125,7 @@ def lt_symbols_needed(
     """A pool of draws of how many LT symbols the master needs to decode k sources.
 
     LtCoI decodes over the reals with random coefficients on Robust-Soliton supports
-    (degree d, then d distinct sources; here drawn with replacement and merged, which
-    lowers a few degrees by one). With continuous random coefficients the received
+    (degree d, then d distinct sources). With continuous random coefficients the received
     vectors have rank k with probability 1 exactly when their support graph has a
     matching of size k, so we count symbols until an incremental maximum matching
     reaches k. Exact, no overhead guesswork; ~0.1 s per draw at k = 1000.

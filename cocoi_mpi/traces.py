@@ -102,7 +102,9 @@ SUBTASK_DTYPE = np.dtype(
         ("code_row", "i4"),
         ("bytes_in", "i8"),
         ("bytes_out", "i8"),
-        ("injected_delay_s", "f8"),
+        ("injected_delay_s", "f8"),  # link + straggling delay the master decided (seeded)
+        ("slowdown", "f8"),  # compute slowdown the master decided (scenario 3 straggler)
+        ("worker_slept_s", "f8"),  # what the worker actually slept (delays + slowdown)
         ("worker_recv_s", "f8"),  # header to payload received, on the worker
         ("worker_queue_s", "f8"),  # payload received to compute start (busy with older tasks)
         ("worker_compute_s", "f8"),

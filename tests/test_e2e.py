@@ -241,3 +241,81 @@ def test_config_file_and_cli_precedence(tmp_path):
     trace = read_trace(out)
     assert trace.config["k"] == 2 and trace.config["requests"] == 2
     assert (trace.rounds["k"] == 2).all()
+
+
+def test_same_seed_same_injected_faults(tmp_path):
+    """Two runs with one seed: the same failed subtasks and injected delays, row by row."""
+    args = [
+        "--model",
+        "lenet5",
+        "--scheme",
+        "uncoded",
+        "--scenario",
+        "3",
+        "--failures",
+        "1",
+        "--link-mbps",
+        "50",
+        "--requests",
+        "3",
+        "--seed",
+        "11",
+        "--quiet",
+    ]
+    faults = []
+    for name in ("a.h5", "b.h5"):
+        proc = mpirun(4, *args, "--out", str(tmp_path / name))
+        assert proc.returncode == 0, proc.stderr
+        sub = read_trace(tmp_path / name).subtasks
+        failed = sorted(
+            (int(r), int(w))
+            for r, w, s in zip(sub["round"], sub["worker"], sub["status"], strict=True)
+            if s == "failed"
+        )
+        first_try = sub["worker"] == sub["code_row"] + 1  # re-send targets depend on timing
+        delays = sorted(
+            (int(r), int(c), int(w), round(float(d), 12), float(f))
+            for r, c, w, d, f, keep in zip(
+                sub["round"],
+                sub["code_row"],
+                sub["worker"],
+                sub["injected_delay_s"],
+                sub["slowdown"],
+                first_try,
+                strict=True,
+            )
+            if keep
+        )
+        faults.append((failed, delays))
+    assert faults[0][0], "scenario 3 with one failure per round produced no failure"
+    assert faults[0] == faults[1]
+
+
+def test_sweep_config_runs_every_cell(tmp_path):
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text(
+        'model = "lenet5"\nrequests = 1\nlink_mbps = 100\n[sweep]\n'
+        'schemes = ["cocoi", "uncoded", "replication", "lt-kl", "lt-ks"]\nrepetitions = 2\n'
+        "scenarios = [{scenario = 2, failures = 1}, {scenario = 1, lambda_tr = 0.5}]\n"
+    )
+    out = tmp_path / "sweep.h5"
+    proc = mpirun(5, "--config", str(cfg), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    req = read_trace(out).requests
+    cells = set(
+        zip(
+            req["scheme"].tolist(),
+            req["scenario"].tolist(),
+            req["level"].tolist(),
+            req["repetition"].tolist(),
+            strict=False,
+        )
+    )
+    assert len(cells) == 5 * 2 * 2 == len(req["request"])
+    report = subprocess.run(
+        [sys.executable, "-m", "cocoi_mpi", "report", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "vs uncoded" in report.stdout

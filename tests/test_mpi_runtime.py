@@ -154,3 +154,33 @@ def test_round_fails_cleanly_when_nobody_can_reply(comm):
                 model(torch.randn(1, 3, 21, 43))
 
     run_coded(comm, k=1, requests=1, extra=all_silent)
+
+
+@pytest.mark.parametrize("scheme", ["cocoi", "uncoded", "replication", "lt-kl", "lt-ks"])
+def test_every_scheme_is_exact_under_failures_and_straggling(comm, scheme):
+    """Scenario 3 (one failure per round + a straggler), then scenario 1: exact logits."""
+    from cocoi_mpi.scenarios import Scenario
+
+    n = comm.Get_size() - 1
+
+    def scenarios(engine, model):
+        x = torch.randn(1, 3, 21, 43, generator=torch.Generator().manual_seed(1))
+        for scenario in (
+            Scenario(3, failures=min(1, n - 1), straggler_factor=1.5),
+            Scenario(1, lambda_tr=0.5, link_mbps=1000),
+        ):
+            engine.use(scheme, max(1, n - 1))
+            engine.set_scenario(scenario, seed=5)
+            for req in range(2):
+                engine.begin_request(req)
+                with torch.no_grad():
+                    out = model(x)
+                with torch.no_grad(), engine.local_only():
+                    ref = model(x)
+                tol = 1e-4 if scheme.startswith("lt") else 1e-5
+                assert float((out - ref).abs().max() / ref.abs().max()) < tol
+        rounds, subtasks = engine.take_rows()
+        if scenario.kind == 3 and n > 1:
+            assert any(s["status"] == "failed" for s in subtasks)
+
+    run_coded(comm, k=max(1, n - 1), requests=0, extra=scenarios)

@@ -60,4 +60,7 @@ def replication(n: int, k: int | None = None) -> PieceScheme:
     k = max(1, n // 2) if k is None else k
     if not 1 <= k <= n:
         raise ValueError(f"replication needs 1 <= k <= n, got k={k}, n={n}")
-    return PieceScheme("replication", [i % k for i in range(min(n, max(2 * k, k)))], k)
+    copies = [i % k for i in range(min(n, 2 * k))]
+    if k == n // 2:  # an odd n: the last worker holds a third copy of piece 0
+        copies += [0] * (n - len(copies))
+    return PieceScheme("replication", copies, k)

@@ -25,6 +25,7 @@ from ..config import RunConfig, scenario_of
 from ..engine import install
 from ..inputs import check_shape, load_input, seeded_inputs
 from ..models import MODELS, build_model, input_shape, load_weights
+from ..sweep import Cell, cells, parse_sweep
 from ..traces import TraceWriter
 from .master import MasterEngine
 from .worker import run_worker
@@ -197,38 +198,63 @@ def finish(engine: MasterEngine, writer: TraceWriter | None, status: str) -> Non
             writer.close(status)
 
 
+def run_cells(cfg: RunConfig) -> list[Cell]:
+    """The batches to serve: a sweep's interleaved cells, or the one the options name."""
+    if cfg.sweep is None:
+        return [Cell(cfg.scheme, scenario_of(cfg), 0, cfg.seed)]
+    schemes, scenarios, reps = parse_sweep(dict(cfg.sweep), scenario_of(cfg))
+    return cells(schemes, scenarios, reps, cfg.seed)
+
+
 def serve(
     cfg: RunConfig, job: MasterJob, engine: MasterEngine, writer: TraceWriter, echo: Callable
 ) -> list[dict]:
-    """The request loop: reference forward (optional), coded forward, one flush each."""
-    rows = []
-    for req in range(cfg.requests):
-        x = job.input_for(req)
-        ref = None
-        if cfg.check:
-            with torch.no_grad(), engine.local_only():
-                ref = job.model(x)
-        engine.request = req
-        engine.poll_late()
-        t0 = engine.now()
-        with torch.no_grad():
-            logits = job.model(x)
-        t1 = engine.now()
-        rounds, subtasks = engine.take_rows()
-        row = request_row(cfg, req, t0, t1, logits, ref, rounds)
-        writer.append("rounds", rounds)
-        writer.append("subtasks", subtasks)
-        writer.append("requests", [row])
-        writer.append_logits(logits[0].numpy())
-        writer.flush()
-        rows.append(row)
-        if not cfg.quiet:
-            echo(progress_line(cfg, row))
+    """The request loop over every cell: coded forward, check, one flush per request."""
+    rows: list[dict] = []
+    plan = run_cells(cfg)
+    total = len(plan) * cfg.requests
+    references: dict[int, torch.Tensor] = {}
+    for cell in plan:
+        engine.use(cell.scheme, cfg.k)
+        engine.set_scenario(cell.scenario, cell.fault_seed)
+        for i in range(cfg.requests):
+            x = job.input_for(i)
+            ref = reference(cfg, job, engine, i, references)
+            engine.begin_request(len(rows), fault_request=i)
+            engine.poll_late()
+            t0 = engine.now()
+            with torch.no_grad():
+                logits = job.model(x)
+            t1 = engine.now()
+            rounds, subtasks = engine.take_rows()
+            row = request_row(cfg, cell, len(rows), t0, t1, logits, ref, rounds)
+            writer.append("rounds", rounds)
+            writer.append("subtasks", subtasks)
+            writer.append("requests", [row])
+            writer.append_logits(logits[0].numpy())
+            writer.flush()
+            rows.append(row)
+            if not cfg.quiet:
+                echo(progress_line(total, row))
     return rows
+
+
+def reference(
+    cfg: RunConfig, job: MasterJob, engine: MasterEngine, i: int, cache: dict[int, torch.Tensor]
+) -> torch.Tensor | None:
+    """The local forward of input i, computed once per input (sweeps repeat inputs)."""
+    if not cfg.check:
+        return None
+    key = i % len(job.inputs)
+    if key not in cache:
+        with torch.no_grad(), engine.local_only():
+            cache[key] = job.model(job.input_for(i))
+    return cache[key]
 
 
 def request_row(
     cfg: RunConfig,
+    cell: Cell,
     req: int,
     t0: float,
     t1: float,
@@ -239,10 +265,10 @@ def request_row(
     """One row of the requests table, with the check against the local forward."""
     row = dict(
         request=req,
-        scheme=cfg.scheme,
-        scenario=cfg.scenario,
-        level=scenario_of(cfg).level,
-        repetition=0,
+        scheme=cell.scheme,
+        scenario=cell.scenario.kind,
+        level=cell.scenario.level,
+        repetition=cell.repetition,
         k=cfg.k,
         start=t0,
         end=t1,
@@ -263,14 +289,15 @@ def request_row(
     return row
 
 
-def progress_line(cfg: RunConfig, row: dict) -> str:
+def progress_line(total: int, row: dict) -> str:
     share = 100.0 * (row["encode_s"] + row["decode_s"]) / row["latency"]
     line = (
-        f"request {row['request'] + 1}/{cfg.requests}: {row['latency']:.3f} s, "
+        f"request {row['request'] + 1}/{total} [{row['scheme']}, scenario {row['scenario']}"
+        f", level {row['level']:g}, rep {row['repetition']}]: {row['latency']:.3f} s, "
         f"{row['n_rounds']} coded rounds, encode+decode {share:.1f}%, top-1 {row['predicted']}"
     )
     if "rel_err" in row:
-        line += f", rel err vs local {row['rel_err']:.1e}"
+        line += f", rel err {row['rel_err']:.1e}"
     return line
 
 

@@ -84,6 +84,7 @@ class Round:
     failed: set[int] = field(default_factory=set)  # subtasks that failed
     down: set[int] = field(default_factory=set)  # ranks that failed in this round
     issued: int = 0  # subtasks created so far (streaming schemes add more)
+    fault_key: int = 0  # (request, step) key of the injected faults
 
     @property
     def tag(self) -> int:
@@ -129,9 +130,10 @@ class MasterEngine(Engine):
     def silent(self, ranks) -> None:
         self.faults.silent = frozenset(ranks)
 
-    def set_scenario(self, scenario: Scenario) -> None:
-        """Change the injected behaviour between requests (sweeps)."""
-        self.faults = FaultModel(scenario, self.workers, self.seed, self.faults.silent)
+    def set_scenario(self, scenario: Scenario, seed: int | None = None) -> None:
+        """Change the injected behaviour between requests (sweeps); ``seed`` its faults."""
+        seed = self.seed if seed is None else seed
+        self.faults = FaultModel(scenario, self.workers, seed, self.faults.silent)
 
     def setup(self, specs: Sequence[ConvSpec]) -> list[str]:
         """Give every worker the type-1 convs (metadata by bcast, weights as raw Bcast).
@@ -159,6 +161,7 @@ class MasterEngine(Engine):
 
     def _execute(self, spec: ConvSpec, prep: Prepared, code: Scheme, round_id: int) -> Execution:
         rnd = Round(round_id, spec, prep, code, reply_shape(spec, prep, code))
+        rnd.fault_key = self.fault_key
         t0 = self.now()
         for i in range(code.n):
             self.issue(rnd, i, self.workers[i % len(self.workers)])
@@ -194,7 +197,7 @@ class MasterEngine(Engine):
         """Send subtask ``index`` to ``rank`` and post the receive for its reply."""
         payload = self.subtask_input(rnd, index)
         out_bytes = payload.itemsize * int(np.prod(rnd.out_shape))
-        fault = self.faults.fault(rnd.round_id, index, rank, payload.nbytes, out_bytes)
+        fault = self.faults.fault(rnd.fault_key, index, rank, payload.nbytes, out_bytes)
         task = Task(
             rnd.round_id,
             rnd.spec.layer_id,
@@ -216,6 +219,7 @@ class MasterEngine(Engine):
             bytes_in=payload.nbytes,
             bytes_out=out_bytes,
             injected_delay_s=fault.injected,
+            slowdown=fault.slowdown,
             sent_t=self.now(),
         )
         if fault.fail == "silent":  # never replies: nothing to receive
@@ -372,5 +376,5 @@ def finish_row(p: Pending, status: MPI.Status, t: float) -> None:
         worker_recv_s=recv_s,
         worker_queue_s=queue_s,
         worker_compute_s=compute_s,
-        injected_delay_s=delay_s,
+        worker_slept_s=delay_s,
     )

@@ -1,0 +1,162 @@
+"""Fitting (mu, theta) from durations and from HDF5 traces (appendix B)."""
+
+from __future__ import annotations
+
+import json
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cocoi_mpi.cli import main
+from cocoi_mpi.fit import (
+    TraceFitError,
+    fit_normalised,
+    fit_shift_exp,
+    fit_trace,
+    ks_distance,
+    plot_cdfs,
+    trace_samples,
+)
+from cocoi_mpi.latency import Profile, ShiftExp, se_sample
+from cocoi_mpi.traces import ROUND_DTYPE, SUBTASK_DTYPE, TraceWriter, read_trace
+
+TRUE = {
+    "m": ShiftExp(mu=2e9, theta=1.5e-9),
+    "rec": ShiftExp(mu=2.5e7, theta=8e-8),
+    "cmp": ShiftExp(mu=4e9, theta=1.2e-9),
+    "sen": ShiftExp(mu=1.5e7, theta=9e-8),
+}
+
+
+@pytest.mark.parametrize("method", ["mle", "unbiased", "quantile"])
+def test_fit_recovers_known_parameters(method):
+    rng = np.random.default_rng(0)
+    n_scale = rng.uniform(1e5, 5e6, 10_000)
+    t = se_sample(rng, 3e6, 2e-7, n_scale)
+    fit = fit_shift_exp(t, n_scale, method)
+    assert fit.theta == pytest.approx(2e-7, rel=0.05)
+    assert fit.mu == pytest.approx(3e6, rel=0.05)
+    assert fit.ks < 0.03
+    assert fit.count == 10_000
+
+
+def test_mle_is_min_and_mean_excess():
+    x = np.array([3.0, 4.0, 5.0, 8.0])
+    mu, theta = fit_normalised(x, "mle")
+    assert theta == 3.0 and 1 / mu == pytest.approx(2.0)
+    mu_u, theta_u = fit_normalised(x, "unbiased")
+    assert theta_u == pytest.approx(3.0 - 2.0 / 3) and 1 / mu_u == pytest.approx(8 / 3)
+
+
+def test_quantile_fit_ignores_one_glitch():
+    rng = np.random.default_rng(1)
+    x = se_sample(rng, 2.0, 1.0, 1.0, 5000)
+    x[0] = 1e-6  # an impossible, clock-glitch fast sample
+    assert fit_normalised(x, "mle")[1] < 0.01
+    assert fit_normalised(x, "quantile")[1] == pytest.approx(1.0, rel=0.05)
+
+
+def test_ks_distance_tells_good_from_bad_fits():
+    rng = np.random.default_rng(2)
+    x = se_sample(rng, 2.0, 1.0, 1.0, 4000)
+    assert ks_distance(x, 2.0, 1.0) < 0.03
+    assert ks_distance(x, 0.5, 1.0) > 0.2
+
+
+def test_fit_drops_unusable_samples_and_needs_two():
+    t = np.array([1.0, np.nan, -1.0, 2.0, 3.0])
+    assert fit_shift_exp(t, np.array([1.0, 1.0, 1.0, 0.0, 1.0])).count == 2
+    with pytest.raises(ValueError, match="at least 2"):
+        fit_shift_exp(np.array([1.0]), 1.0)
+    with pytest.raises(ValueError, match="unknown fit method"):
+        fit_shift_exp(np.array([1.0, 2.0]), 1.0, "median")
+
+
+# --------------------------------------------------------------------------- traces
+
+
+def write_trace(path, rounds_count=400, n=6, with_flops=True, seed=0):
+    """A synthetic trace whose durations follow TRUE; FLOP columns appended to rounds."""
+    rng = np.random.default_rng(seed)
+    with TraceWriter(path, config={"n": n}, meta={}, num_classes=3):
+        pass
+    extra = [f for f in ("n_enc", "n_cmp", "n_dec") if f not in ROUND_DTYPE.names]
+    round_dtype = np.dtype(ROUND_DTYPE.descr + ([(f, "f8") for f in extra] if with_flops else []))
+    rounds = np.zeros(rounds_count, dtype=round_dtype)
+    rounds["round"] = np.arange(rounds_count) + 1
+    n_enc = rng.uniform(1e7, 1e8, rounds_count)
+    n_dec = rng.uniform(1e7, 1e8, rounds_count)
+    n_cmp = rng.uniform(1e8, 1e9, rounds_count)
+    if with_flops:
+        rounds["n_enc"], rounds["n_dec"], rounds["n_cmp"] = n_enc, n_dec, n_cmp
+    rounds["encode_s"] = TRUE["m"].sample(rng, n_enc)
+    rounds["decode_s"] = TRUE["m"].sample(rng, n_dec)
+    sub = np.zeros(rounds_count * n, dtype=SUBTASK_DTYPE)
+    sub["round"] = np.repeat(rounds["round"], n)
+    sub["worker"] = np.tile(np.arange(1, n + 1), rounds_count)
+    sub["bytes_in"] = rng.integers(10**5, 10**7, sub.size)
+    sub["bytes_out"] = rng.integers(10**5, 10**7, sub.size)
+    sub["worker_recv_s"] = TRUE["rec"].sample(rng, sub["bytes_in"].astype(float))
+    sub["worker_compute_s"] = TRUE["cmp"].sample(rng, np.repeat(n_cmp, n))
+    sub["worker_send_s"] = TRUE["sen"].sample(rng, sub["bytes_out"].astype(float))
+    status = np.where(rng.random(sub.size) < 0.8, b"used", b"late")
+    status[::7] = b"skipped"  # skipped replies carry no durations
+    sub["worker_compute_s"][::7] = 1e-9
+    sub["status"] = status
+    with h5py.File(path, "a", locking=False) as h5:
+        for name, data in (("rounds", rounds), ("subtasks", sub)):
+            del h5[name]
+            h5.create_dataset(name, data=data, maxshape=(None,), chunks=True)
+    return path
+
+
+def test_fit_trace_recovers_the_profile(tmp_path):
+    path = write_trace(tmp_path / "t.h5")
+    prof = fit_trace(path)
+    for phase, true in TRUE.items():
+        got = prof.phase(phase)
+        assert got.theta == pytest.approx(true.theta, rel=0.05), phase
+        assert got.mu == pytest.approx(true.mu, rel=0.1), phase
+        assert prof.ks[phase] < 0.05
+    samples = trace_samples(read_trace(path))
+    assert samples["m"][0].size == 800
+    assert samples["cmp"][0].size == pytest.approx(400 * 6 * 6 / 7, abs=2)
+
+
+def test_trace_without_flop_columns_says_so(tmp_path):
+    """A trace read without n_enc/n_cmp/n_dec (older schema) gets a clear error."""
+    trace = read_trace(write_trace(tmp_path / "t.h5", rounds_count=5))
+    for col in ("n_enc", "n_cmp", "n_dec"):
+        trace.rounds.pop(col, None)
+    with pytest.raises(TraceFitError, match="n_enc, n_cmp, n_dec"):
+        trace_samples(trace)
+
+
+def test_cli_fit_writes_profile_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = write_trace(tmp_path / "t.h5", rounds_count=60)
+    out, png = tmp_path / "p.json", tmp_path / "cdf.png"
+    res = CliRunner().invoke(main, ["fit", str(path), "--out", str(out), "--plot", str(png)])
+    assert res.exit_code == 0, res.output
+    prof = Profile.load(out)
+    assert set(prof.ks) == {"m", "rec", "cmp", "sen"}
+    assert json.loads(out.read_text())["meta"]["method"] == "mle"
+    assert png.stat().st_size > 10_000
+
+
+def test_cli_fit_bad_trace_is_one_line(tmp_path):
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(b"not hdf5")
+    res = CliRunner().invoke(main, ["fit", str(bad), "--out", str(tmp_path / "p.json")])
+    assert res.exit_code == 1
+    assert "error" in res.output
+
+
+def test_plot_cdfs_direct(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = write_trace(tmp_path / "t.h5", rounds_count=30)
+    samples = trace_samples(read_trace(path))
+    plot_cdfs(samples, fit_trace(path), tmp_path / "f.png")
+    assert (tmp_path / "f.png").exists()

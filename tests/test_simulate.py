@@ -1,0 +1,176 @@
+"""Large-n simulation of CoCoI, uncoded, replication and LT."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cocoi_mpi.cli import main
+from cocoi_mpi.latency import LayerShape, Profile, ShiftExp, pi4_profile
+from cocoi_mpi.simulate import (
+    Scenario,
+    _need_with_resend,
+    format_results,
+    lt_symbols_needed,
+    robust_soliton,
+    simulate,
+)
+
+VGG = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="features.2")
+
+
+def straggling(excess_over_shift: float) -> Profile:
+    """The Pi profile with every worker phase's mean excess set to a multiple of its shift."""
+    base = pi4_profile()
+    prof = base
+    for ph in ("rec", "cmp", "sen"):
+        theta = base.phase(ph).theta
+        prof = prof.with_phase(ph, ShiftExp(1.0 / (excess_over_shift * theta), theta))
+    return prof
+
+
+def by_scheme(results):
+    return {r.scheme: r for r in results}
+
+
+def test_uncoded_wins_without_straggling():
+    res = by_scheme(simulate(VGG, 10, straggling(1e-6), ("cocoi", "uncoded"), samples=500))
+    assert res["uncoded"].mean < res["cocoi"].mean
+    assert res["uncoded"].p95 == pytest.approx(res["uncoded"].mean, rel=1e-3)  # deterministic
+
+
+def test_coded_wins_under_heavy_straggling():
+    res = by_scheme(simulate(VGG, 10, straggling(20.0), ("cocoi", "uncoded"), samples=3000))
+    assert res["cocoi"].mean < 0.8 * res["uncoded"].mean
+    assert res["cocoi"].p95 < res["uncoded"].p95
+
+
+def test_failures_slow_uncoded_more_than_coded():
+    prof = pi4_profile()
+    base = by_scheme(simulate(VGG, 10, prof, ("cocoi", "uncoded"), samples=3000))
+    fail = by_scheme(
+        simulate(VGG, 10, prof, ("cocoi", "uncoded"), scenario=Scenario(failures=2), samples=3000)
+    )
+    assert fail["uncoded"].mean > 1.3 * base["uncoded"].mean
+    assert fail["cocoi"].mean < 1.2 * base["cocoi"].mean
+    assert np.all(np.isfinite(fail["uncoded"].draws))
+
+
+def test_transmission_straggling_and_slow_workers_add_latency():
+    prof = pi4_profile()
+    base = simulate(VGG, 10, prof, ("uncoded",), samples=2000)[0].mean
+    lam = simulate(VGG, 10, prof, ("uncoded",), scenario=Scenario(lambda_tr=1.0), samples=2000)
+    slow = simulate(VGG, 10, prof, ("uncoded",), scenario=Scenario(slow_workers=1), samples=2000)
+    assert lam[0].mean > base and slow[0].mean > base
+
+
+def test_need_with_resend():
+    inf = np.inf
+    times = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, inf, 3.0, inf], [inf, inf, inf, inf]])
+    fresh = np.full((3, 4), 10.0)
+    out = _need_with_resend(times, 3, fresh)
+    assert out[0] == 3.0  # third of four, nothing missing
+    assert out[1] == 11.0  # one piece re-sent to the first finisher (1.0 + 10.0)
+    assert out[2] == inf  # nobody left
+    assert _need_with_resend(times[:1], 4, fresh[:1])[0] == 4.0
+
+
+def test_replication_first_copy_wins():
+    """No straggling: a pair's two copies are identical in distribution; min <= either."""
+    res = by_scheme(simulate(VGG, 10, pi4_profile(), ("replication",), samples=2000))
+    assert res["replication"].k == 5 and res["replication"].mean > 0
+
+
+def test_robust_soliton_is_a_pmf():
+    for k in (1, 2, 10, 300):
+        pmf = robust_soliton(k)
+        assert pmf.shape == (k,) and pmf.sum() == pytest.approx(1.0) and np.all(pmf >= 0)
+
+
+def test_lt_needs_at_least_k_symbols_and_little_overhead():
+    for k in (1, 8, 40):
+        pool = lt_symbols_needed(k, draws=32)
+        assert pool.min() >= k
+        assert pool.mean() < 1.5 * k + 2
+
+
+def test_lt_rank_via_matching_agrees_with_matrix_rank():
+    """The matching count equals the first prefix whose real random matrix has rank k."""
+    from cocoi_mpi import simulate as sim
+
+    k, rng = 12, np.random.default_rng(4)
+    pmf = robust_soliton(k)
+    for seed in range(10):
+        supports: list[list[int]] = []
+        needed = sim._needed_one(k, np.random.default_rng(seed), pmf, supports)
+        assert len(supports) == needed
+        rows = np.zeros((needed, k))
+        for j, support in enumerate(supports):
+            assert len(set(support)) == len(support)
+            rows[j, support] = rng.standard_normal(len(support))
+        assert np.linalg.matrix_rank(rows) == k
+        assert np.linalg.matrix_rank(rows[:-1]) < k
+
+
+def test_n1000_runs_and_formats():
+    res = simulate(VGG, 1000, pi4_profile(), samples=200, master_cost=False, lt_k=64)
+    table = format_results(res)
+    assert all(name in table for name in ("cocoi", "uncoded", "replication", "lt"))
+    assert all(np.isfinite(r.mean) and r.p95 >= r.mean * 0.5 for r in res)
+    assert format_results(res, markdown=True).startswith("| scheme")
+
+
+def test_exact_widths_refuse_more_pieces_than_columns():
+    narrow = LayerShape.conv(16, 8, 8, 16, 3, padding=1)
+    with pytest.raises(ValueError, match="width"):
+        simulate(narrow, 20, pi4_profile(), ("uncoded",), relaxed=False, samples=10)
+    with pytest.raises(ValueError, match="scheme"):
+        simulate(narrow, 4, pi4_profile(), ("mds",))
+
+
+def test_cli_simulate_shape_literal():
+    res = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "--n",
+            "20",
+            "--layer",
+            "64,56,56,64,3,1,1",
+            "--samples",
+            "300",
+            "--failures",
+            "1",
+            "--lambda-tr",
+            "0.5",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert "cocoi" in res.output and "p95" in res.output
+
+
+def test_cli_simulate_model_layer():
+    res = CliRunner().invoke(
+        main,
+        [
+            "simulate",
+            "--n",
+            "12",
+            "--model",
+            "lenet5",
+            "--samples",
+            "200",
+            "--scheme",
+            "cocoi",
+            "--scheme",
+            "uncoded",
+            "--m",
+            "1",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    bad = CliRunner().invoke(
+        main, ["simulate", "--model", "lenet5", "--layer", "nonesuch", "--samples", "5"]
+    )
+    assert bad.exit_code == 2 and "no conv" in bad.output
