@@ -20,13 +20,19 @@ def main() -> None:
     type=click.Path(file_okay=False),
     help="Also write requests.csv, rounds.csv, subtasks.csv into this folder.",
 )
-def report(path: str, csv_dir: str | None) -> None:
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False),
+    help="Also write PNG figures (latency per scheme and level, per-layer split) here.",
+)
+def report(path: str, csv_dir: str | None, plots_dir: str | None) -> None:
     """Summarise an HDF5 trace (also one from a killed job)."""
     from .report import TraceError, report_main
 
     try:
-        report_main(path, csv_dir)
-    except TraceError as exc:
+        report_main(path, csv_dir, plots_dir)
+    except (TraceError, RuntimeError) as exc:  # RuntimeError: --plots without matplotlib
         click.echo(f"cocoi: error: {exc}", err=True)
         sys.exit(1)
 

@@ -31,7 +31,8 @@ class RunConfig:
     input: str | None = None
     requests: int = 1
     n: int | None = None  # workers; default: world size - 1
-    k: int | None = None  # sources per layer; default: max(1, n - 2)
+    k: int | str | None = None  # per layer; "auto" (k°), "star" (k*); default max(1, n - 2)
+    profile: str | None = None  # latency profile (cocoi fit) for --k auto/star; default Pi 4B
     scheme: str = "cocoi"  # cocoi, uncoded, replication
     code: str = "rotation"
     systematic: bool = False
@@ -98,7 +99,8 @@ TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,),
     "requests": (int,),
     "n": (int,),
-    "k": (int,),
+    "k": (int, str),
+    "profile": (str,),
     "seed": (int,),
     "threads": (int,),
     "systematic": (bool,),
@@ -147,6 +149,21 @@ def parse_ranks(value: Any) -> tuple[int, ...]:
         ) from None
 
 
+PLANNED = ("auto", "star")
+
+
+def parse_k(value: int | str) -> int | str:
+    """An int k, "auto" (k° of the latency model) or "star" (k*, by Monte Carlo)."""
+    if isinstance(value, int):
+        return value
+    if value in PLANNED:
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"k must be an integer, auto or star, got {value!r}") from None
+
+
 def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     """Fill n and k from the world and check every range."""
     if world_size < 2:
@@ -157,8 +174,8 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     n = cfg.n if cfg.n is not None else world_size - 1
     if not 1 <= n <= world_size - 1:
         raise ConfigError(f"n={n} workers need a world of n+1 ranks; this world has {world_size}")
-    k = cfg.k if cfg.k is not None else max(1, n - 2)
-    if not 1 <= k <= n:
+    k = parse_k(cfg.k if cfg.k is not None else max(1, n - 2))
+    if isinstance(k, int) and not 1 <= k <= n:
         raise ConfigError(f"k must satisfy 1 <= k <= n={n}, got k={k}")
     if cfg.scheme not in SCHEMES:
         raise ConfigError(f"unknown scheme {cfg.scheme!r}; choose one of: {', '.join(SCHEMES)}")
@@ -181,9 +198,11 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     bad = [r for r in cfg.silent if not 1 <= r <= n]
     if bad:
         raise ConfigError(f"silent ranks {bad} are not worker ranks 1..{n}")
-    if len(set(cfg.silent)) > n - k:
+    tolerated = n - (k if isinstance(k, int) else 1)
+    if len(set(cfg.silent)) > tolerated:
         raise ConfigError(
-            f"{len(set(cfg.silent))} silent workers exceed what n={n}, k={k} tolerates ({n - k})"
+            f"{len(set(cfg.silent))} silent workers exceed what n={n}, k={k} "
+            f"tolerates ({tolerated})"
         )
     return dataclasses.replace(cfg, n=n, k=k, silent=tuple(sorted(set(cfg.silent))))
 

@@ -70,6 +70,7 @@ class Engine:
         self.rounds: list[dict] = []
         self.subtasks: list[dict] = []
         self._codes: dict[tuple, Scheme] = {}
+        self.planned: dict[str, int] = {}  # layer name -> k chosen by the latency model
 
     def begin_request(self, request: int, fault_request: int | None = None) -> None:
         """Number the rounds of a request from 0: faults are keyed on (request, step)."""
@@ -96,8 +97,9 @@ class Engine:
         return self.code_for(1).pieces_per_task
 
     def layer_k(self, spec: ConvSpec, width: int) -> int:
-        """k for this layer: the scheme's k, capped so every piece has a column."""
-        return layer_k(spec, width, scheme_k(self.scheme, self.n, self.k), self.pieces_per_task)
+        """k for this layer: the plan's or the scheme's k, capped so every piece has a column."""
+        k = self.planned.get(spec.name, self.k) if self.scheme in ("cocoi", "lt-ks") else self.k
+        return layer_k(spec, width, scheme_k(self.scheme, self.n, k), self.pieces_per_task)
 
     def now(self) -> float:
         return self.clock() - self.t0
@@ -256,10 +258,19 @@ def type1_convs(model: nn.Module, skip_first: bool = True) -> list[tuple[str, nn
     return convs[1:] if skip_first else convs
 
 
-def install(model: nn.Module, engine: Engine, skip_first: bool = True) -> list[ConvSpec]:
-    """Replace type-1 convs by CodedConv proxies in place; return their specs in order."""
+def install(
+    model: nn.Module, engine: Engine, skip_first: bool = True, only: set[str] | None = None
+) -> list[ConvSpec]:
+    """Replace type-1 convs by CodedConv proxies in place; return their specs in order.
+
+    ``only``: names of the convs to distribute (a plan's type-1 choice); otherwise every
+    conv but the first (``skip_first``).
+    """
     specs = []
-    for layer_id, (name, conv) in enumerate(type1_convs(model, skip_first)):
+    convs = type1_convs(model, skip_first=only is None and skip_first)
+    if only is not None:
+        convs = [(name, conv) for name, conv in convs if name in only]
+    for layer_id, (name, conv) in enumerate(convs):
         try:
             spec = conv_spec(layer_id, name, conv)
         except NotSplittable:

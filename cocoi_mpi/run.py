@@ -37,7 +37,17 @@ def error(rank: int, message: str) -> None:
 @click.option("--input", "input_", help=".npy/.pt tensor C×H×W or N×C×H×W; default: seeded.")
 @click.option("--requests", type=int, help="Inference requests to serve. [1]")
 @click.option("--n", type=int, help="Workers to use. [world size - 1]")
-@click.option("--k", type=int, help="Source pieces per layer (any k of n decode). [n - 2]")
+@click.option(
+    "--k",
+    help="Source pieces per layer (any k of n decode): an integer, 'auto' (k° of the "
+    "latency model per layer) or 'star' (k* by Monte Carlo). With auto/star a layer is "
+    "distributed only if predicted faster than on the master. [n - 2]",
+)
+@click.option(
+    "--profile",
+    type=click.Path(dir_okay=False),
+    help="Latency profile JSON (cocoi fit) for --k auto/star. [built-in Pi 4B + WiFi]",
+)
 @click.option(
     "--scheme",
     type=click.Choice(SCHEMES),

@@ -466,20 +466,29 @@ def _read_attrs(path: str | os.PathLike[str], h5: h5py.File) -> dict[str, Any]:
 
 
 def _read_table(path: str | os.PathLike[str], h5: h5py.File, name: str) -> dict[str, np.ndarray]:
-    """One compound table as decoded columns; schema drift is an error, not a guess."""
+    """One compound table as decoded columns.
+
+    Columns added to the schema after a file was written read as their defaults (NaN,
+    -1, ""), so older traces stay readable; a table that is not a compound is an error.
+    """
     if name not in h5:
         raise _fail(path, f"dataset {name!r} is missing")
     data = h5[name][()]
     have = data.dtype.names or ()
-    missing = [f for f in TABLE_DTYPES[name].names if f not in have]
-    if missing:
-        raise _fail(path, f"dataset {name!r} lacks column(s) {', '.join(missing)}")
+    if not have:
+        raise _fail(path, f"dataset {name!r} is not a table")
     columns = {}
     for field in have:
         col = data[field]
         if col.dtype.kind == "S":
             col = np.char.decode(col, "utf-8", errors="replace").astype(str)
         columns[field] = np.asarray(col)
+    default = _default_row(TABLE_DTYPES[name])
+    for field in TABLE_DTYPES[name].names:
+        if field not in columns:
+            value = default[field]
+            value = value.decode() if isinstance(value, bytes) else value
+            columns[field] = np.full(len(data), value)
     return columns
 
 

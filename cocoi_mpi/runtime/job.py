@@ -53,6 +53,42 @@ def set_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
+def base_k(cfg: RunConfig) -> int:
+    """The k of layers without a plan (and of every layer when k is an integer)."""
+    return cfg.k if isinstance(cfg.k, int) else max(1, cfg.n - 2)
+
+
+def make_plan(cfg: RunConfig, model: torch.nn.Module, input_shape) -> list:
+    """With --k auto/star: k per conv from the latency model, and which convs are type-1."""
+    if not isinstance(cfg.k, str):
+        return []
+    from ..codes.linear import GENERATORS
+    from ..latency import Profile, pi4_profile
+    from ..planning import plan_model
+
+    profile = Profile.load(cfg.profile) if cfg.profile else pi4_profile()
+    m = GENERATORS[cfg.code][1] if cfg.scheme == "cocoi" else 1
+    failures = cfg.failures if cfg.scenario in (2, 3) else 0
+    plans = plan_model(
+        model, input_shape, cfg.n, profile, method=cfg.k, m=m, seed=cfg.seed, failures=failures
+    )
+    return [plan for _, plan in plans]
+
+
+def plan_lines(cfg: RunConfig, plans: list) -> list[str]:
+    chosen = [p for p in plans if p.distribute]
+    head = (
+        f"plan (k={cfg.k}, profile {cfg.profile or 'built-in Pi 4B + WiFi'}): "
+        f"{len(chosen)} of {len(plans)} convs distributed"
+    )
+    body = [
+        f"  {p.name}: k={p.k} (k°={p.k_circ}, k*={p.k_star}), predicted "
+        f"{p.predicted_s:.3g} s vs local {p.local_s:.3g} s"
+        for p in chosen
+    ]
+    return [head, *body]
+
+
 @dataclass
 class MasterJob:
     """What the master prepares before any worker is involved."""
@@ -61,6 +97,7 @@ class MasterJob:
     inputs: torch.Tensor  # (N, C, H, W); request i uses inputs[i % N]
     num_classes: int
     specs: list = field(default_factory=list)
+    plans: list = field(default_factory=list)
     path: Path = Path()
 
     def input_for(self, request: int) -> torch.Tensor:
@@ -87,7 +124,8 @@ def prepare(cfg: RunConfig) -> MasterJob:
         raise ValueError(f"model {cfg.model} fails on input of shape {shape}: {exc}") from None
     if logits.dim() != 2 or logits.shape[0] != 1:
         raise ValueError(f"{cfg.model} returned shape {tuple(logits.shape)}; expected (1, classes)")
-    return MasterJob(model, inputs, int(logits.shape[1]), path=output_path(cfg))
+    plans = make_plan(cfg, model, tuple(inputs.shape[1:]))
+    return MasterJob(model, inputs, int(logits.shape[1]), plans=plans, path=output_path(cfg))
 
 
 def output_path(cfg: RunConfig) -> Path:
@@ -147,7 +185,7 @@ def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
         engine = MasterEngine(
             comm,
             range(1, cfg.n + 1),
-            cfg.k,
+            base_k(cfg),
             cfg.code,
             cfg.systematic,
             cfg.silent,
@@ -155,7 +193,11 @@ def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
             scenario=scenario_of(cfg),
             seed=cfg.seed,
         )
-        job.specs = install(job.model, engine)
+        if job.plans:
+            engine.planned = {p.name: p.k for p in job.plans if p.distribute}
+            job.specs = install(job.model, engine, only=set(engine.planned))
+        else:
+            job.specs = install(job.model, engine)
     except BaseException:
         comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
         raise
@@ -169,6 +211,10 @@ def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
             num_classes=job.num_classes,
             overwrite=True,
         )
+        if job.plans:
+            writer.set_meta("plan", [p.to_dict() for p in job.plans])
+            for line in plan_lines(cfg, job.plans):
+                echo(line)
         rows = serve(cfg, job, engine, writer, echo)
         status = "complete"
     except BaseException as exc:
@@ -215,7 +261,7 @@ def serve(
     total = len(plan) * cfg.requests
     references: dict[int, torch.Tensor] = {}
     for cell in plan:
-        engine.use(cell.scheme, cfg.k)
+        engine.use(cell.scheme, base_k(cfg))
         engine.set_scenario(cell.scenario, cell.fault_seed)
         for i in range(cfg.requests):
             x = job.input_for(i)
@@ -269,7 +315,7 @@ def request_row(
         scenario=cell.scenario.kind,
         level=cell.scenario.level,
         repetition=cell.repetition,
-        k=cfg.k,
+        k=cfg.k if isinstance(cfg.k, int) else -1,
         start=t0,
         end=t1,
         latency=t1 - t0,
