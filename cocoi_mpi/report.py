@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cocoi_mpi.experiments import scheme_stats
+from cocoi_mpi.experiments import layer_split, scheme_stats
 from cocoi_mpi.traces import SUBTASK_STATUSES, TABLES, Trace, TraceError, read_trace
 
 __all__ = ["TraceError", "report_main", "summarize", "write_csv"]
@@ -160,6 +160,28 @@ def _request_lines(trace: Trace) -> list[str]:
     ]
     more = [f"... {n - shown} more requests (cocoi report --csv DIR writes them all)"]
     return [f"Requests ({n})"] + _table(headers, rows, left=0) + (more if shown < n else [])
+
+
+def _split_lines(trace: Trace) -> list[str]:
+    """Fig. 5: per layer, CoCoI's and uncoded's time and the encode+decode part of it."""
+    rows = [r for r in layer_split(trace) if r["scheme"] in ("cocoi", "uncoded")]
+    if len({r["scheme"] for r in rows}) < 2:
+        return []
+    table = [
+        [
+            r["layer"],
+            r["scheme"],
+            _fmt(r["total"], ".1f", 1e3),
+            _fmt(r["execution"], ".1f", 1e3),
+            _fmt(r["coding"], ".1f", 1e3),
+            _fmt(100 * r["coding"] / r["total"], ".1f"),
+        ]
+        for r in sorted(rows, key=lambda r: (r["layer_index"], r["scheme"]))
+    ]
+    headers = ["layer", "scheme", "total ms", "exec ms", "enc+dec ms", "enc+dec %"]
+    return ["Per-layer split (Fig. 5; enc+dec includes split and merge)"] + _table(
+        headers, table, left=2
+    )
 
 
 def _scheme_lines(trace: Trace) -> list[str]:
@@ -344,6 +366,7 @@ def summarize(trace: Trace) -> str:
         _request_lines,
         _aggregate_lines,
         _scheme_lines,
+        _split_lines,
         _layer_lines,
         _subtask_lines,
     ]

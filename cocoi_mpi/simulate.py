@@ -446,11 +446,12 @@ def _check_k(shape: LayerShape, k: int, m: int, n: int, relaxed: bool) -> None:
 
 def format_results(results: Sequence[SimResult], markdown: bool = False) -> str:
     """The `cocoi simulate` table: scheme, k, mean and p95 latency."""
-    head = ["scheme", "k", "mean s", "p95 s", "vs uncoded", "detail"]
+    head = ["scheme", "k", "mean s", "p95 s", "reduction vs uncoded", "detail"]
     base = next((r.mean for r in results if r.scheme == "uncoded"), None)
     rows = []
     for r in results:
-        rel = "-" if base is None else f"{100.0 * (r.mean / base - 1.0):+.1f}%"
+        # the same sign as `cocoi report`: positive = faster than uncoded
+        rel = "-" if base is None else f"{100.0 * (1.0 - r.mean / base):+.1f}%"
         rows.append([r.scheme, str(r.k), f"{r.mean:.4g}", f"{r.p95:.4g}", rel, r.detail])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

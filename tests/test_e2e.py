@@ -319,3 +319,16 @@ def test_sweep_config_runs_every_cell(tmp_path):
         timeout=120,
     )
     assert "vs uncoded" in report.stdout
+    assert "Per-layer split" in report.stdout
+    plots = subprocess.run(
+        [sys.executable, "-m", "cocoi_mpi", "report", str(out), "--plots", str(tmp_path / "p")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert plots.returncode == 0, plots.stderr
+    assert sorted(p.name for p in (tmp_path / "p").glob("*.png")) == [
+        "latency_scenario1.png",
+        "latency_scenario2.png",
+        "layers.png",
+    ]
