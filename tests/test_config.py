@@ -199,7 +199,7 @@ def test_run_config_is_frozen():
 # --------------------------------------------------------------------------- wrong types
 
 
-@pytest.mark.parametrize("text", ['k = "2"\n', 'requests = "many"\n', 'n = "3"\n'])
+@pytest.mark.parametrize("text", ['k = "two"\n', 'requests = "many"\n', 'n = "3"\n'])
 def test_wrongly_typed_file_values_are_config_errors(tmp_path, text):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=text.split(" ")[0]):

@@ -332,3 +332,18 @@ def test_sweep_config_runs_every_cell(tmp_path):
         "latency_scenario2.png",
         "layers.png",
     ]
+
+
+def test_k_auto_plans_and_records(tmp_path):
+    """--k auto: the latency model picks k per conv and the plan is in the trace."""
+    out = tmp_path / "auto.h5"
+    proc = mpirun(11, "--model", "resnet18", "--k", "auto", "--out", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "plan (k=auto" in proc.stdout
+    trace = read_trace(out)
+    plan = {p["name"]: p for p in trace.attrs["plan"]}
+    distributed = {name for name, p in plan.items() if p["distribute"]}
+    assert distributed and set(trace.rounds["layer"]) == distributed
+    for row_layer, row_k in zip(trace.rounds["layer"], trace.rounds["k"], strict=True):
+        assert row_k <= plan[row_layer]["k"]
+    assert_matches_local(out, "resnet18", 0, 1)
