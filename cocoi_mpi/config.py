@@ -7,11 +7,10 @@ ranks at once without a message exchanged (rank 0 alone prints it): no hang.
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from .codes import CODES, SCHEMES
 from .scenarios import PAPER_STRAGGLER_FACTOR, Scenario
