@@ -8,7 +8,11 @@ if [ ! -x "$VENV/bin/cocoi" ] || [ "$ROOT/setup.cfg" -nt "$VENV/.cocoi-installed
     echo "cocoi: setting up $VENV (first run only)" >&2
     "$PYTHON" -m venv "$VENV" || exit 1
     "$VENV/bin/pip" install --quiet --upgrade pip >/dev/null 2>&1
-    "$VENV/bin/pip" install --quiet -e "$ROOT[test]" || exit 1
+    if ! "$VENV/bin/pip" install --quiet -e "$ROOT[test]" >"$VENV/pip-install.log" 2>&1; then
+        cat "$VENV/pip-install.log" >&2
+        echo "cocoi: installing into $VENV failed (log above)" >&2
+        exit 1
+    fi
     touch "$VENV/.cocoi-installed"
 fi
 export PATH="$VENV/bin:$PATH"
