@@ -71,6 +71,7 @@ class Engine:
         self.subtasks: list[dict] = []
         self._codes: dict[tuple, Scheme] = {}
         self.planned: dict[str, int] = {}  # layer name -> k chosen by the latency model
+        self.active: set[str] | None = None  # proxies that distribute now (None: all)
 
     def begin_request(self, request: int, fault_request: int | None = None) -> None:
         """Number the rounds of a request from 0: faults are keyed on (request, step)."""
@@ -247,7 +248,7 @@ class CodedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         engine = self._engine[0]
-        if engine.bypass:
+        if engine.bypass or (engine.active is not None and self.spec.name not in engine.active):
             return self.conv(x)
         return engine.run_conv(self.spec, x, self.conv.bias)
 

@@ -3,13 +3,15 @@
 A config file's ``[sweep]`` table lists them:
 
     [sweep]
-    schemes = ["cocoi", "uncoded", "replication", "lt-kl", "lt-ks"]
+    schemes = ["cocoi:auto", "cocoi:star", "uncoded", "replication", "lt-kl", "lt-ks"]
     repetitions = 5
     scenarios = [{scenario = 2, failures = 0}, {scenario = 2, failures = 1},
                  {scenario = 3, failures = 2}]
 
-Cells are interleaved — every repetition runs every level, each level runs every
-scheme in a seeded shuffled order — so drift of a shared machine hits all schemes
+A scheme entry may name its k: ``cocoi:auto`` (k° per layer), ``cocoi:star``
+(k*), ``cocoi:6``; a bare name uses the run's k. Cells are interleaved: every
+repetition runs every level, each level runs every scheme in a seeded shuffled
+order, so drift of a shared machine hits all schemes
 alike. Each (repetition, level) has one fault seed shared by all schemes: they meet
 the same failed workers and the same delays (common random numbers). Pure.
 """
@@ -38,12 +40,37 @@ SCENARIO_KEYS = {
 
 @dataclass(frozen=True)
 class Cell:
-    """One request batch of a sweep: which scheme, under what, which repetition."""
+    """One request batch of a sweep: which scheme, under what, which repetition.
+
+    ``k`` overrides the run's k for this scheme: an int, "auto" (k°) or "star" (k*);
+    None keeps the run's. ``label`` is how the scheme entry was written (cocoi:auto).
+    """
 
     scheme: str
     scenario: Scenario
     repetition: int
     fault_seed: int
+    k: int | str | None = None
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.scheme
+
+
+def parse_entry(entry: str) -> tuple[str, int | str | None]:
+    """'cocoi', 'cocoi:auto', 'cocoi:star' or 'lt-ks:6' -> (scheme, k)."""
+    scheme, _, k = str(entry).partition(":")
+    if scheme not in SCHEMES:
+        raise ValueError(f"sweep scheme {entry!r}: {scheme!r} is not among {', '.join(SCHEMES)}")
+    if not k:
+        return scheme, None
+    if k in ("auto", "star"):
+        return scheme, k
+    try:
+        return scheme, int(k)
+    except ValueError:
+        raise ValueError(f"sweep scheme {entry!r}: k must be an integer, auto or star") from None
 
 
 def parse_sweep(table: dict[str, Any], base: Scenario) -> tuple[list[str], list[Scenario], int]:
@@ -51,10 +78,11 @@ def parse_sweep(table: dict[str, Any], base: Scenario) -> tuple[list[str], list[
     unknown = sorted(set(table) - SWEEP_KEYS)
     if unknown:
         raise ValueError(f"unknown sweep setting(s): {', '.join(unknown)}")
-    schemes = list(table.get("schemes", ["cocoi"]))
-    bad = [s for s in schemes if s not in SCHEMES]
-    if bad or not schemes:
-        raise ValueError(f"sweep schemes {bad or schemes} not among {', '.join(SCHEMES)}")
+    schemes = [str(s) for s in table.get("schemes", ["cocoi"])]
+    if not schemes:
+        raise ValueError("sweep schemes is empty")
+    for entry in schemes:
+        parse_entry(entry)
     reps = table.get("repetitions", 1)
     if not isinstance(reps, int) or isinstance(reps, bool) or reps < 1:
         raise ValueError(f"sweep repetitions must be an integer >= 1, got {reps!r}")
@@ -80,5 +108,6 @@ def cells(schemes: list[str], scenarios: list[Scenario], reps: int, seed: int) -
         for level, scenario in enumerate(scenarios):
             fault_seed = int(np.random.default_rng([seed, 4, rep, level]).integers(2**31))
             for i in rng.permutation(len(schemes)):
-                order.append(Cell(schemes[i], scenario, rep, fault_seed))
+                scheme, k = parse_entry(schemes[i])
+                order.append(Cell(scheme, scenario, rep, fault_seed, k, schemes[i]))
     return order

@@ -347,3 +347,29 @@ def test_k_auto_plans_and_records(tmp_path):
     for row_layer, row_k in zip(trace.rounds["layer"], trace.rounds["k"], strict=True):
         assert row_k <= plan[row_layer]["k"]
     assert_matches_local(out, "resnet18", 0, 1)
+
+
+def test_sweep_compares_planned_and_fixed_k(tmp_path):
+    """cocoi:auto and cocoi:star use the plan's k per layer; cocoi:2 a fixed k."""
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text(
+        'model = "resnet18"\nrequests = 1\n[sweep]\n'
+        'schemes = ["cocoi:auto", "cocoi:star", "cocoi:2"]\n'
+    )
+    out = tmp_path / "planned.h5"
+    proc = mpirun(11, "--config", str(cfg), "--out", str(out), "--quiet", timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    trace = read_trace(out)
+    req, rounds = trace.requests, trace.rounds
+    assert sorted(req["scheme"]) == ["cocoi:2", "cocoi:auto", "cocoi:star"]
+    plans = trace.attrs["plans"]
+    for method in ("auto", "star"):
+        plan = {p["name"]: p for p in plans[f"{method}:m=2"]}
+        (request,) = req["request"][req["scheme"] == f"cocoi:{method}"]
+        mine = rounds["request"] == request
+        assert set(rounds["layer"][mine]) == {n for n, p in plan.items() if p["distribute"]}
+        for layer, k in zip(rounds["layer"][mine], rounds["k"][mine], strict=True):
+            assert k <= plan[layer]["k"]
+    (fixed,) = req["request"][req["scheme"] == "cocoi:2"]
+    assert (rounds["k"][rounds["request"] == fixed] <= 2).all()
+    assert (req["rel_err"] <= 1e-4).all()

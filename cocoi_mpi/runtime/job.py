@@ -22,7 +22,7 @@ from mpi4py import MPI
 
 from .. import __version__
 from ..config import RunConfig, scenario_of
-from ..engine import install
+from ..engine import install, type1_convs
 from ..inputs import check_shape, load_input, seeded_inputs
 from ..models import MODELS, build_model, input_shape, load_weights
 from ..sweep import Cell, cells, parse_sweep
@@ -58,27 +58,46 @@ def base_k(cfg: RunConfig) -> int:
     return cfg.k if isinstance(cfg.k, int) else max(1, cfg.n - 2)
 
 
-def make_plan(cfg: RunConfig, model: torch.nn.Module, input_shape) -> list:
-    """With --k auto/star: k per conv from the latency model, and which convs are type-1."""
-    if not isinstance(cfg.k, str):
-        return []
+def pieces_per_task(cfg: RunConfig, scheme: str) -> int:
+    """m of a scheme: the cocoi code's (2 for rotation), 1 for the others."""
     from ..codes.linear import GENERATORS
+
+    return GENERATORS[cfg.code][1] if scheme == "cocoi" else 1
+
+
+def planned_methods(cfg: RunConfig) -> set[tuple[str, int]]:
+    """(method, m) pairs some cell plans with: --k auto/star, or sweep entries cocoi:auto."""
+    needed = set()
+    for cell in run_cells(cfg):
+        k = cell.k if cell.k is not None else cfg.k
+        if isinstance(k, str):
+            needed.add((k, pieces_per_task(cfg, cell.scheme)))
+    return needed
+
+
+def make_plans(cfg: RunConfig, model: torch.nn.Module, input_shape) -> dict[tuple, list]:
+    """k per conv from the latency model, and which convs are type-1, per (method, m)."""
+    needed = planned_methods(cfg)
+    if not needed:
+        return {}
     from ..latency import Profile, pi4_profile
     from ..planning import plan_model
 
     profile = Profile.load(cfg.profile) if cfg.profile else pi4_profile()
-    m = GENERATORS[cfg.code][1] if cfg.scheme == "cocoi" else 1
     failures = cfg.failures if cfg.scenario in (2, 3) else 0
-    plans = plan_model(
-        model, input_shape, cfg.n, profile, method=cfg.k, m=m, seed=cfg.seed, failures=failures
-    )
-    return [plan for _, plan in plans]
+    plans = {}
+    for method, m in sorted(needed):
+        entries = plan_model(
+            model, input_shape, cfg.n, profile, method=method, m=m, seed=cfg.seed, failures=failures
+        )
+        plans[(method, m)] = [plan for _, plan in entries]
+    return plans
 
 
-def plan_lines(cfg: RunConfig, plans: list) -> list[str]:
+def plan_lines(cfg: RunConfig, key: tuple, plans: list) -> list[str]:
     chosen = [p for p in plans if p.distribute]
     head = (
-        f"plan (k={cfg.k}, profile {cfg.profile or 'built-in Pi 4B + WiFi'}): "
+        f"plan (k={key[0]}, m={key[1]}, profile {cfg.profile or 'built-in Pi 4B + WiFi'}): "
         f"{len(chosen)} of {len(plans)} convs distributed"
     )
     body = [
@@ -89,6 +108,31 @@ def plan_lines(cfg: RunConfig, plans: list) -> list[str]:
     return [head, *body]
 
 
+def install_for(job: MasterJob, engine: MasterEngine, cfg: RunConfig) -> list:
+    """Proxies for every conv some cell distributes; without plans, all convs but the first."""
+    if not job.plans:
+        return install(job.model, engine)
+    only = {p.name for plans in job.plans.values() for p in plans if p.distribute}
+    if any(not isinstance(c.k if c.k is not None else cfg.k, str) for c in run_cells(cfg)):
+        job.default_layers = {name for name, _ in type1_convs(job.model, skip_first=True)}
+        only |= job.default_layers
+    return install(job.model, engine, only=only)
+
+
+def configure_cell(cfg: RunConfig, job: MasterJob, engine: MasterEngine, cell: Cell) -> None:
+    """Scheme, k (or the plan's per-layer k) and faults of one sweep cell."""
+    k = cell.k if cell.k is not None else cfg.k
+    engine.use(cell.scheme, k if isinstance(k, int) else base_k(cfg))
+    engine.set_scenario(cell.scenario, cell.fault_seed)
+    if isinstance(k, str):
+        plans = job.plans[(k, pieces_per_task(cfg, cell.scheme))]
+        engine.planned = {p.name: p.k for p in plans if p.distribute}
+        engine.active = set(engine.planned)
+    else:
+        engine.planned = {}
+        engine.active = job.default_layers if job.plans else None
+
+
 @dataclass
 class MasterJob:
     """What the master prepares before any worker is involved."""
@@ -97,7 +141,8 @@ class MasterJob:
     inputs: torch.Tensor  # (N, C, H, W); request i uses inputs[i % N]
     num_classes: int
     specs: list = field(default_factory=list)
-    plans: list = field(default_factory=list)
+    plans: dict = field(default_factory=dict)  # (method, m) -> [LayerPlan]
+    default_layers: set | None = None  # convs distributed by cells with an integer k
     path: Path = Path()
 
     def input_for(self, request: int) -> torch.Tensor:
@@ -124,7 +169,7 @@ def prepare(cfg: RunConfig) -> MasterJob:
         raise ValueError(f"model {cfg.model} fails on input of shape {shape}: {exc}") from None
     if logits.dim() != 2 or logits.shape[0] != 1:
         raise ValueError(f"{cfg.model} returned shape {tuple(logits.shape)}; expected (1, classes)")
-    plans = make_plan(cfg, model, tuple(inputs.shape[1:]))
+    plans = make_plans(cfg, model, tuple(inputs.shape[1:]))
     return MasterJob(model, inputs, int(logits.shape[1]), plans=plans, path=output_path(cfg))
 
 
@@ -193,11 +238,7 @@ def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
             scenario=scenario_of(cfg),
             seed=cfg.seed,
         )
-        if job.plans:
-            engine.planned = {p.name: p.k for p in job.plans if p.distribute}
-            job.specs = install(job.model, engine, only=set(engine.planned))
-        else:
-            job.specs = install(job.model, engine)
+        job.specs = install_for(job, engine, cfg)
     except BaseException:
         comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
         raise
@@ -212,9 +253,18 @@ def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
             overwrite=True,
         )
         if job.plans:
-            writer.set_meta("plan", [p.to_dict() for p in job.plans])
-            for line in plan_lines(cfg, job.plans):
-                echo(line)
+            first = next(iter(job.plans.values()))
+            writer.set_meta("plan", [p.to_dict() for p in first])
+            writer.set_meta(
+                "plans",
+                {
+                    f"{method}:m={m}": [p.to_dict() for p in plans]
+                    for (method, m), plans in job.plans.items()
+                },
+            )
+            for key, plans in job.plans.items():
+                for line in plan_lines(cfg, key, plans):
+                    echo(line)
         rows = serve(cfg, job, engine, writer, echo)
         status = "complete"
     except BaseException as exc:
@@ -261,8 +311,7 @@ def serve(
     total = len(plan) * cfg.requests
     references: dict[int, torch.Tensor] = {}
     for cell in plan:
-        engine.use(cell.scheme, base_k(cfg))
-        engine.set_scenario(cell.scenario, cell.fault_seed)
+        configure_cell(cfg, job, engine, cell)
         for i in range(cfg.requests):
             x = job.input_for(i)
             ref = reference(cfg, job, engine, i, references)
@@ -311,11 +360,11 @@ def request_row(
     """One row of the requests table, with the check against the local forward."""
     row = dict(
         request=req,
-        scheme=cell.scheme,
+        scheme=cell.name,
         scenario=cell.scenario.kind,
         level=cell.scenario.level,
         repetition=cell.repetition,
-        k=cfg.k if isinstance(cfg.k, int) else -1,
+        k=cell_k if isinstance(cell_k := (cell.k if cell.k is not None else cfg.k), int) else -1,
         start=t0,
         end=t1,
         latency=t1 - t0,
