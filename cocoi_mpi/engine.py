@@ -29,6 +29,7 @@ from .convtask import (
     remainder,
     worker_conv,
 )
+from .latency import counts_for_spec
 
 
 @dataclass
@@ -166,7 +167,7 @@ class Engine:
                 used_workers=",".join(
                     str(r) for r in dict.fromkeys(ex.ranks.get(i, i + 1) for i in used)
                 ),
-                **flop_counts(spec, prep, code, decoded),
+                **flop_counts(spec, x, code),
                 systematic_shortcut=bool(
                     getattr(code, "systematic", False) and sorted(used) == list(range(code.k))
                 ),
@@ -188,18 +189,10 @@ class Engine:
         return rounds, subtasks
 
 
-def flop_counts(spec: ConvSpec, prep: Prepared, code: Scheme, decoded: torch.Tensor) -> dict:
-    """The N of the latency model for this round, from the actual tensor sizes."""
-    pieces = code.source_pieces
-    piece_in = prep.coded[0, 0].numel()  # C_in x H_in x W_I^p
-    piece_out = decoded[0].numel()  # C_out x H_out x W_O^p
-    k_h, k_w = spec.weight.shape[2:]
-    macs = spec.weight.shape[1] * k_h * k_w  # per output element (C_in / groups x K^2)
-    return dict(
-        n_enc=2.0 * pieces * code.n * code.pieces_per_task * piece_in,
-        n_cmp=2.0 * code.pieces_per_task * piece_out * macs,
-        n_dec=2.0 * pieces * pieces * piece_out,
-    )
+def flop_counts(spec: ConvSpec, x: torch.Tensor, code: Scheme) -> dict:
+    """The N of the latency model for this round (eq. 8-12), as the planner computes them."""
+    c = counts_for_spec(spec, x.shape[2], x.shape[3], code.n, code.k, code.pieces_per_task)
+    return dict(n_enc=float(c.enc), n_cmp=float(c.cmp), n_dec=float(c.dec))
 
 
 def local_conv(spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

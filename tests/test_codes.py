@@ -21,19 +21,12 @@ from cocoi_mpi.codes.linear import (
     vandermonde_generator,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 GENERATORS = ["rotation", "vandermonde"]
 GENERATOR_BUILDERS = {"rotation": rotation_generator, "vandermonde": vandermonde_generator}
 EPS64 = np.finfo(np.float64).eps
 PIECE_SHAPE = (2, 3, 4)  # (C, H, w) of one width piece
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny matrices: thread start-up costs far more than the work on a busy 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def source_pieces(code: Scheme, seed: int, dtype=torch.float64) -> torch.Tensor:
@@ -323,3 +316,14 @@ def test_make_code_rejects_unknown_names(name):
 def test_make_code_rejects_k_outside_1_to_n(name, n, k):
     with pytest.raises(ValueError, match="1 <= k <= n"):
         make_code(name, n, k)
+
+
+@pytest.mark.parametrize("name", GENERATORS)
+def test_fixed_rate_subtask_input_is_its_encoded_row(name):
+    code = make_code(name, 5, 3)
+    pieces = torch.randn(code.source_pieces, 2, 3, 4, dtype=torch.float64)
+    coded = code.encode(pieces)
+    for j in range(code.n):
+        assert torch.equal(code.subtask_input(pieces, j), coded[j])
+    with pytest.raises(ValueError, match="subtasks 0..4"):
+        code.subtask_input(pieces, 5)

@@ -23,16 +23,10 @@ from cocoi_mpi.split import split_layer
 N = 6
 REL_TOL = 1e-5
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small convs: thread start-up costs far more than the work on a busy 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel"),
+]
 
 
 # --------------------------------------------------------------------------- models

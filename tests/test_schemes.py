@@ -24,16 +24,10 @@ from cocoi_mpi.codes.base import Scheme as BaseScheme
 from cocoi_mpi.codes.lt import LTCode, robust_soliton
 from cocoi_mpi.engine import LocalEngine, install
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small convs: thread start-up costs far more than the work on a busy 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = [
+    pytest.mark.usefixtures("one_torch_thread"),
+    pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel"),
+]
 
 
 def numpy_openblas_threads():

@@ -22,19 +22,12 @@ from cocoi_mpi.split import (
     split_layer,
 )
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_LAYER_CASES = 300
 N_CHAIN_CASES = 150
 HEIGHT = 4
 C_IN, C_OUT = 2, 3
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny convs: thread start-up costs far more than the work on a busy 2-core box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def random_geom(rng: random.Random) -> AxisGeom:

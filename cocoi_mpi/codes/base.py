@@ -63,8 +63,13 @@ class Scheme(ABC):
         return None
 
     def subtask_input(self, pieces: torch.Tensor, subtask: int) -> torch.Tensor:
-        """(m, ...) input of a subtask made after ``encode`` (streaming schemes)."""
-        raise NotImplementedError(f"{self.name} makes all its subtasks in encode()")
+        """(m, ...) input of one subtask; streaming schemes make ones past ``n`` on demand.
+
+        A fixed-rate scheme has exactly ``n`` subtasks, all made by ``encode``.
+        """
+        if not 0 <= subtask < self.n:
+            raise ValueError(f"{self.describe()} has subtasks 0..{self.n - 1}, not {subtask}")
+        return self.encode(pieces)[subtask]
 
     def describe(self) -> str:
         return f"{self.name}(n={self.n}, k={self.k}, m={self.pieces_per_task})"
