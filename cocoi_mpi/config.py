@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .codes import CODES, SCHEMES
+from .codes import CODES, RUN_SCHEMES
 from .scenarios import PAPER_STRAGGLER_FACTOR, Scenario
 from .sweep import parse_sweep
 
@@ -28,7 +28,7 @@ class RunConfig:
     model: str = "vgg16"
     weights: str | None = None
     input: str | None = None
-    requests: int = 1
+    requests: int | None = None  # default: 1, or the whole test split with --data
     n: int | None = None  # workers; default: world size - 1
     k: int | str | None = None  # per layer; "auto" (k°), "star" (k*); default max(1, n - 2)
     profile: str | None = None  # latency profile (cocoi fit) for --k auto/star; default Pi 4B
@@ -50,6 +50,9 @@ class RunConfig:
     silent: tuple[int, ...] = field(default_factory=tuple)  # worker ranks that never reply
     quiet: bool = False
     sweep: dict | None = None  # a [sweep] table: schemes x scenarios x repetitions
+    codec: tuple[str, ...] = field(default_factory=tuple)  # learned-code checkpoints, one per block
+    hybrid: bool = False  # learned scheme: run the model's last conv block on the master
+    data: str | None = None  # dataset whose test split is the input (digits, mnist:DIR, ...)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -81,6 +84,8 @@ def build_config(file: str | None, overrides: dict[str, Any], world_size: int) -
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "silent" in values:
         values["silent"] = parse_ranks(values["silent"])
+    if "codec" in values:
+        values["codec"] = parse_paths(values["codec"])
     check_types(values)
     try:
         cfg = RunConfig(**values)
@@ -114,6 +119,8 @@ TYPES: dict[str, tuple[type, ...]] = {
     "straggler_prob": (float, int),
     "link_mbps": (float, int),
     "sweep": (dict,),
+    "hybrid": (bool,),
+    "data": (str,),
 }
 
 
@@ -148,6 +155,15 @@ def parse_ranks(value: Any) -> tuple[int, ...]:
         ) from None
 
 
+def parse_paths(value: Any) -> tuple[str, ...]:
+    """A path, a list of paths, or (from the CLI) a tuple of them."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ConfigError(f"codec must be a checkpoint path or a list of them, got {value!r}")
+
+
 PLANNED = ("auto", "star")
 
 
@@ -176,8 +192,8 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     k = parse_k(cfg.k if cfg.k is not None else max(1, n - 2))
     if isinstance(k, int) and not 1 <= k <= n:
         raise ConfigError(f"k must satisfy 1 <= k <= n={n}, got k={k}")
-    if cfg.scheme not in SCHEMES:
-        raise ConfigError(f"unknown scheme {cfg.scheme!r}; choose one of: {', '.join(SCHEMES)}")
+    if cfg.scheme not in RUN_SCHEMES:
+        raise ConfigError(f"unknown scheme {cfg.scheme!r}; choose one of: {', '.join(RUN_SCHEMES)}")
     try:
         scenario_of(cfg).check_workers(n)
     except ValueError as exc:
@@ -188,9 +204,23 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
                 scenario.check_workers(n)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"[sweep]: {exc}") from None
+    learned = cfg.scheme == "learned" or (
+        cfg.sweep is not None
+        and any(str(s).startswith("learned") for s in cfg.sweep.get("schemes", ()))
+    )
+    if learned and not cfg.codec:
+        raise ConfigError(
+            "scheme learned needs --codec CHECKPOINT (one per coded block; cocoi train)"
+        )
+    if cfg.codec and not learned:
+        raise ConfigError(f"--codec is used only by --scheme learned, not {cfg.scheme}")
+    if cfg.hybrid and not learned:
+        raise ConfigError("--hybrid applies to --scheme learned")
+    if cfg.data and cfg.input:
+        raise ConfigError("give --input or --data, not both")
     if cfg.code not in CODES:
         raise ConfigError(f"unknown code {cfg.code!r}; choose one of: {', '.join(CODES)}")
-    if cfg.requests < 1:
+    if cfg.requests is not None and cfg.requests < 1:
         raise ConfigError(f"requests must be >= 1, got {cfg.requests}")
     if cfg.threads < 0:
         raise ConfigError(f"threads must be >= 0, got {cfg.threads}")
@@ -203,7 +233,9 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
             f"{len(set(cfg.silent))} silent workers exceed what n={n}, k={k} "
             f"tolerates ({tolerated})"
         )
-    return dataclasses.replace(cfg, n=n, k=k, silent=tuple(sorted(set(cfg.silent))))
+    requests = cfg.requests if cfg.requests is not None or cfg.data else 1
+    silent = tuple(sorted(set(cfg.silent)))
+    return dataclasses.replace(cfg, n=n, k=k, silent=silent, requests=requests)
 
 
 def scenario_of(cfg: RunConfig) -> Scenario:

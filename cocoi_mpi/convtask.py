@@ -86,10 +86,12 @@ def layer_k(spec: ConvSpec, width_in: int, k: int, pieces_per_task: int) -> int:
 class Prepared:
     """The master's side of one round before sending: coded inputs and the geometry."""
 
-    split: LayerSplit
-    padded: torch.Tensor  # input padded in width, (1, C, H, W + left + right)
+    split: LayerSplit  # or a blocks.BlockSplit for a conv block
+    padded: torch.Tensor  # conv: input padded in width, (1, C, H, W + left + right);
+    # block: the block input as is (its split knows the padding)
     coded: torch.Tensor  # (n, m, C, H, w_in)
     pieces: torch.Tensor | None = None  # (k*m, C, H, w_in) sources, for streaming schemes
+    reply: tuple[int, ...] | None = None  # block: shape of one subtask's output
 
 
 def cut_pieces(

@@ -17,6 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import (
+    BlockLoc,
+    BlockSpec,
+    block_modules,
+    block_spec,
+    cut_block,
+    probe_block,
+    split_block,
+)
 from .codes import Scheme, make_scheme, scheme_k
 from .convtask import (
     ConvSpec,
@@ -26,10 +35,10 @@ from .convtask import (
     cut_pieces,
     layer_k,
     merge,
-    remainder,
     worker_conv,
 )
 from .latency import counts_for_spec
+from .subtasks import compute, masks_for, rest_output
 
 
 @dataclass
@@ -73,6 +82,8 @@ class Engine:
         self._codes: dict[tuple, Scheme] = {}
         self.planned: dict[str, int] = {}  # layer name -> k chosen by the latency model
         self.active: set[str] | None = None  # proxies that distribute now (None: all)
+        self.codecs: dict[str, Scheme] = {}  # block name -> its learned scheme
+        self._block_splits: dict[tuple, tuple] = {}
 
     def begin_request(self, request: int, fault_request: int | None = None) -> None:
         """Number the rounds of a request from 0: faults are keyed on (request, step)."""
@@ -130,6 +141,41 @@ class Engine:
         split, padded, pieces = cut_pieces(spec, x, code.source_pieces)
         t_split = self.now()
         prep = Prepared(split, padded, code.encode(pieces).contiguous(), pieces)
+        counts = flop_counts(spec, x, code)
+        return self._run_round(spec, prep, code, bias, (t_start, t_split), counts)
+
+    def run_block(self, spec: BlockSpec, x: torch.Tensor) -> torch.Tensor:
+        """One round of a conv block under its learned code (section V)."""
+        code = self.codecs[spec.name]
+        t_start = self.now()
+        split, reply, flops = self.block_split(spec, x, code.k)
+        pieces = cut_block(split, x)[0].contiguous()
+        t_split = self.now()
+        prep = Prepared(split, x, code.encode(pieces).contiguous(), pieces, reply)
+        counts = dict(n_enc=0.0, n_cmp=float(flops), n_dec=0.0)
+        return self._run_round(spec, prep, code, None, (t_start, t_split), counts)
+
+    def block_split(self, spec: BlockSpec, x: torch.Tensor, k: int) -> tuple:
+        """The split of a block for this input width, its reply shape and FLOPs (cached)."""
+        key = (spec.name, tuple(x.shape[1:]), k)
+        if key not in self._block_splits:
+            split = split_block(spec, x.shape[3], k)
+            reply, flops = probe_block(spec, (x.shape[1], x.shape[2], split.piece_in))
+            self._block_splits[key] = (split, reply, flops)
+        return self._block_splits[key]
+
+    def _run_round(
+        self,
+        spec: ConvSpec | BlockSpec,
+        prep: Prepared,
+        code: Scheme,
+        bias: torch.Tensor | None,
+        times: tuple[float, float],
+        counts: dict,
+    ) -> torch.Tensor:
+        """Send, collect k of n, decode, merge, and record the round's trace rows."""
+        t_start, t_split = times
+        split = prep.split
         t_enc = self.now()
         self.round += 1
         self.step += 1
@@ -144,7 +190,7 @@ class Engine:
                 request=self.request,
                 round=self.round,
                 layer=spec.name,
-                layer_index=spec.layer_id,
+                layer_index=layer_id(spec),
                 k=code.k,
                 n=code.n,
                 r=code.n - code.k,
@@ -167,7 +213,8 @@ class Engine:
                 used_workers=",".join(
                     str(r) for r in dict.fromkeys(ex.ranks.get(i, i + 1) for i in used)
                 ),
-                **flop_counts(spec, x, code),
+                used_rows=",".join(str(i) for i in used),
+                **counts,
                 systematic_shortcut=bool(
                     getattr(code, "systematic", False) and sorted(used) == list(range(code.k))
                 ),
@@ -179,7 +226,7 @@ class Engine:
         self.subtasks.extend(ex.subtasks)
         return out
 
-    def _execute(self, spec: ConvSpec, prep, code: Scheme, round_id: int) -> Execution:
+    def _execute(self, spec: ConvSpec | BlockSpec, prep, code: Scheme, round_id: int) -> Execution:
         raise NotImplementedError
 
     def take_rows(self) -> tuple[list[dict], list[dict]]:
@@ -215,7 +262,11 @@ class LocalEngine(Engine):
     def _execute(self, spec, prep, code, round_id) -> Execution:
         order = list(self.order) if self.order is not None else list(range(code.n))
         order = [i for i in order if i < code.n]  # narrow layers may use fewer subtasks
-        outputs = {i: worker_conv(spec, prep.coded[i]) for i in order if i not in self.silent}
+        outputs = {
+            i: compute(spec, prep.coded[i], masks_for(spec, prep, i))
+            for i in order
+            if i not in self.silent
+        }
         issued = code.n
         while not code.decodable(outputs):  # streaming schemes: more symbols until decodable
             j = code.next_subtask(issued)
@@ -225,7 +276,7 @@ class LocalEngine(Engine):
             outputs[j] = worker_conv(spec, code.subtask_input(prep.pieces, j))
         return Execution(
             outputs=outputs,
-            rest=remainder(spec, prep),
+            rest=rest_output(spec, prep),
             n_failed=len(self.silent & set(range(code.n))),
             ranks={i: i + 1 for i in outputs},
         )
@@ -244,6 +295,48 @@ class CodedConv(nn.Module):
         if engine.bypass or (engine.active is not None and self.spec.name not in engine.active):
             return self.conv(x)
         return engine.run_conv(self.spec, x, self.conv.bias)
+
+
+class CodedBlock(nn.Module):
+    """Stands in for a conv block (its first module; the others become Identity).
+
+    Under the learned scheme the engine runs the block as one coded round; under any
+    other scheme the original layers run, with their conv proxies inside.
+    """
+
+    def __init__(self, inner: nn.Sequential, spec: BlockSpec, engine: Engine):
+        super().__init__()
+        self.inner, self.spec = inner, spec
+        self._engine = [engine]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        engine = self._engine[0]
+        coded = engine.scheme == "learned" and self.spec.name in engine.codecs
+        if engine.bypass or not coded:
+            return self.inner(x)
+        return engine.run_block(self.spec, x)
+
+
+def install_blocks(
+    model: nn.Module, engine: Engine, locs: list[BlockLoc], first_id: int = 10_000
+) -> list[BlockSpec]:
+    """Replace each block by a CodedBlock proxy; ``locs`` come from ``find_blocks``,
+    taken before conv proxies were installed (the spec unwraps them)."""
+    specs = []
+    for i, loc in enumerate(locs):
+        modules = block_modules(model, loc)
+        plain = [m.conv if isinstance(m, CodedConv) else m for m in modules]
+        spec = block_spec(first_id + i, loc.name, plain)
+        container = model.get_submodule(loc.container) if loc.container else model
+        container[loc.start] = CodedBlock(nn.Sequential(*modules), spec, engine)
+        for j in range(loc.start + 1, loc.stop):
+            container[j] = nn.Identity()
+        specs.append(spec)
+    return specs
+
+
+def layer_id(spec: ConvSpec | BlockSpec) -> int:
+    return spec.block_id if isinstance(spec, BlockSpec) else spec.layer_id
 
 
 def type1_convs(model: nn.Module, skip_first: bool = True) -> list[tuple[str, nn.Conv2d]]:

@@ -16,7 +16,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click
 
-from .codes import CODES, SCHEMES
+from .codes import CODES, RUN_SCHEMES
 from .config import ConfigError, build_config
 
 
@@ -50,9 +50,10 @@ def error(rank: int, message: str) -> None:
 )
 @click.option(
     "--scheme",
-    type=click.Choice(SCHEMES),
-    help="cocoi (MDS-coded), uncoded (n pieces, failed ones re-sent) or replication "
-    "(n/2 pieces x 2 copies). [cocoi]",
+    type=click.Choice(RUN_SCHEMES),
+    help="cocoi (MDS-coded), uncoded (n pieces, failed ones re-sent), replication "
+    "(n/2 pieces x 2 copies), lt-kl/lt-ks (LT codes) or learned (conv blocks with "
+    "trained codecs, --codec). [cocoi]",
 )
 @click.option(
     "--scenario",
@@ -105,6 +106,21 @@ def error(rank: int, message: str) -> None:
 @click.option("--tolerance", type=float, help="Max |coded - local| / max|logit|. [1e-4]")
 @click.option("--threads", type=int, help="Torch threads per rank; 0 = cores / local ranks.")
 @click.option("--silent", help="Worker ranks that never reply, e.g. 2,5 (testing k-of-n).")
+@click.option(
+    "--codec",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Learned-code checkpoint (cocoi train) for --scheme learned; repeat, one per block.",
+)
+@click.option(
+    "--hybrid/--no-hybrid",
+    default=None,
+    help="Learned scheme: run the model's last conv block on the master (Non-linear*).",
+)
+@click.option(
+    "--data",
+    help="Serve a dataset's test split (digits, mnist:DIR, cifar10:DIR) and report accuracy.",
+)
 @click.option("--quiet/--no-quiet", default=None, help="Only the summary lines.")
 def main(config_file, input_, **options) -> None:
     """Coded distributed CNN inference: rank 0 is the master, ranks 1..n the workers."""
@@ -113,6 +129,7 @@ def main(config_file, input_, **options) -> None:
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
     try:
+        options["codec"] = options["codec"] or None  # not given: keep the file's value
         cfg = build_config(config_file, {**options, "input": input_}, world.Get_size())
     except ConfigError as exc:
         error(rank, str(exc))

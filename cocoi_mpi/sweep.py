@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .codes import SCHEMES
+from .codes import RUN_SCHEMES
 from .scenarios import Scenario
 
 SWEEP_KEYS = {"schemes", "repetitions", "scenarios"}
@@ -61,8 +61,10 @@ class Cell:
 def parse_entry(entry: str) -> tuple[str, int | str | None]:
     """'cocoi', 'cocoi:auto', 'cocoi:star' or 'lt-ks:6' -> (scheme, k)."""
     scheme, _, k = str(entry).partition(":")
-    if scheme not in SCHEMES:
-        raise ValueError(f"sweep scheme {entry!r}: {scheme!r} is not among {', '.join(SCHEMES)}")
+    if scheme not in RUN_SCHEMES:
+        raise ValueError(
+            f"sweep scheme {entry!r}: {scheme!r} is not among {', '.join(RUN_SCHEMES)}"
+        )
     if not k:
         return scheme, None
     if k in ("auto", "star"):

@@ -58,6 +58,7 @@ REQUEST_DTYPE = np.dtype(
         ("decode_s", "f8"),
         ("distributed_s", "f8"),  # sum of the request's round totals
         ("n_rounds", "i4"),
+        ("label", "i8"),  # true class when the inputs come from a dataset; -1: unknown
     ]
 )
 
@@ -90,6 +91,7 @@ ROUND_DTYPE = np.dtype(
         ("n_outstanding", "i4"),  # replies not yet arrived at decode time
         ("n_failed", "i4"),  # simulated failures / silent workers
         ("used_workers", "S256"),  # comma-separated ranks
+        ("used_rows", "S256"),  # comma-separated code rows the decoder used (arrival order)
         ("systematic_shortcut", "?"),
     ]
 )

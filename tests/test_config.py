@@ -187,7 +187,8 @@ def test_to_dict_is_json_serialisable(tmp_path):
     data = json.loads(json.dumps(cfg.to_dict()))
     assert data["n"] == 4 and data["k"] == 2 and data["silent"] == [1]
     assert set(data) == {f for f in RunConfig.__dataclass_fields__}
-    assert RunConfig(**{**data, "silent": tuple(data["silent"])}) == cfg
+    tuples = {"silent": tuple(data["silent"]), "codec": tuple(data["codec"])}
+    assert RunConfig(**{**data, **tuples}) == cfg
 
 
 def test_run_config_is_frozen():

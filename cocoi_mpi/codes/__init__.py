@@ -7,7 +7,8 @@ from .pieces import PieceScheme, replication, uncoded
 
 CODES = tuple(GENERATORS)
 DEFAULT_CODE = "rotation"
-SCHEMES = ("cocoi", "uncoded", "replication", "lt-kl", "lt-ks")
+SCHEMES = ("cocoi", "uncoded", "replication", "lt-kl", "lt-ks")  # exact, built by make_scheme
+RUN_SCHEMES = (*SCHEMES, "learned")  # learned: conv blocks with trained codecs (codes.learned)
 FINEST = 1 << 30  # "as many pieces as the layer has output columns" (lt-kl)
 
 
@@ -41,6 +42,8 @@ def make_scheme(
         return replication(n, min(k, n))
     if scheme in ("lt-kl", "lt-ks"):
         return LTCode(n, k, seed=0, name=scheme)
+    if scheme == "learned":
+        raise ValueError("the learned scheme codes conv blocks with trained codecs (--codec)")
     raise ValueError(f"unknown scheme {scheme!r}; choose one of: {', '.join(SCHEMES)}")
 
 
@@ -50,6 +53,7 @@ __all__ = [
     "DecodeError",
     "LinearCode",
     "PieceScheme",
+    "RUN_SCHEMES",
     "SCHEMES",
     "Scheme",
     "make_code",

@@ -21,8 +21,10 @@ import torch
 from mpi4py import MPI
 
 from .. import __version__
+from ..codes.learned import LearnedScheme
 from ..config import RunConfig, scenario_of
-from ..engine import install, type1_convs
+from ..data import load_dataset
+from ..engine import install, install_blocks, type1_convs
 from ..inputs import check_shape, load_input, seeded_inputs
 from ..models import MODELS, build_model, input_shape, load_weights
 from ..sweep import Cell, cells, parse_sweep
@@ -109,6 +111,19 @@ def plan_lines(cfg: RunConfig, key: tuple, plans: list) -> list[str]:
 
 
 def install_for(job: MasterJob, engine: MasterEngine, cfg: RunConfig) -> list:
+    """Proxies for every conv some cell distributes, and for the learned scheme's blocks."""
+    locs = [cb.loc for cb in job.blocks]
+    specs = install_convs(job, engine, cfg) if uses_exact_schemes(cfg) else []
+    job.block_specs = install_blocks(job.model, engine, locs)
+    engine.codecs = {cb.name: LearnedScheme(cb.codec) for cb in job.blocks}
+    return specs
+
+
+def uses_exact_schemes(cfg: RunConfig) -> bool:
+    return any(cell.scheme != "learned" for cell in run_cells(cfg))
+
+
+def install_convs(job: MasterJob, engine: MasterEngine, cfg: RunConfig) -> list:
     """Proxies for every conv some cell distributes; without plans, all convs but the first."""
     if not job.plans:
         return install(job.model, engine)
@@ -144,6 +159,10 @@ class MasterJob:
     plans: dict = field(default_factory=dict)  # (method, m) -> [LayerPlan]
     default_layers: set | None = None  # convs distributed by cells with an integer k
     path: Path = Path()
+    labels: torch.Tensor | None = None  # true classes when the inputs are a dataset
+    requests: int = 1
+    blocks: list = field(default_factory=list)  # learning.CodedBlock per codec in use
+    block_specs: list = field(default_factory=list)
 
     def input_for(self, request: int) -> torch.Tensor:
         return self.inputs[request % len(self.inputs)].unsqueeze(0)
@@ -156,11 +175,16 @@ def prepare(cfg: RunConfig) -> MasterJob:
         load_weights(model, cfg.weights)
     model.eval()
     expected = MODELS[cfg.model].input_shape if cfg.model in MODELS else None
+    labels = None
     if cfg.input:
         inputs = load_input(cfg.input)
         check_shape(inputs, expected, cfg.model)
+    elif cfg.data:
+        dataset = load_dataset(cfg.data, "test")
+        inputs, labels = dataset.images, dataset.labels
+        check_shape(inputs, expected, cfg.model)
     else:
-        inputs = seeded_inputs(input_shape(cfg.model, model), cfg.seed, cfg.requests)
+        inputs = seeded_inputs(input_shape(cfg.model, model), cfg.seed, cfg.requests or 1)
     try:
         with torch.no_grad():
             logits = model(inputs[:1])  # a model that rejects this input fails here
@@ -170,7 +194,36 @@ def prepare(cfg: RunConfig) -> MasterJob:
     if logits.dim() != 2 or logits.shape[0] != 1:
         raise ValueError(f"{cfg.model} returned shape {tuple(logits.shape)}; expected (1, classes)")
     plans = make_plans(cfg, model, tuple(inputs.shape[1:]))
-    return MasterJob(model, inputs, int(logits.shape[1]), plans=plans, path=output_path(cfg))
+    blocks = load_codecs(cfg, model, tuple(inputs.shape[1:]))
+    return MasterJob(
+        model,
+        inputs,
+        int(logits.shape[1]),
+        plans=plans,
+        path=output_path(cfg),
+        labels=labels,
+        requests=cfg.requests if cfg.requests is not None else len(inputs),
+        blocks=blocks,
+    )
+
+
+def load_codecs(cfg: RunConfig, model: torch.nn.Module, shape: tuple) -> list:
+    """The learned codecs, checked against this model, its blocks and the input size.
+
+    With --hybrid the model's last conv block stays on the master (Non-linear*)."""
+    from ..blocks import find_blocks
+    from ..learning import CodecError, load_codec
+
+    blocks = [load_codec(path, model, cfg.model, shape)[0] for path in cfg.codec]
+    names = [cb.name for cb in blocks]
+    if len(set(names)) != len(names):
+        raise CodecError(f"two codecs for the same block: {', '.join(names)}")
+    if cfg.hybrid:
+        last = find_blocks(model)[-1].name
+        blocks = [cb for cb in blocks if cb.name != last]
+    if cfg.codec and not blocks:
+        raise CodecError("--hybrid leaves no block to code: give a codec for another block")
+    return blocks
 
 
 def output_path(cfg: RunConfig) -> Path:
@@ -242,7 +295,7 @@ def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
     except BaseException:
         comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
         raise
-    hosts = engine.setup(job.specs)
+    hosts = engine.setup(job.specs, job.block_specs)
     writer, status, rows = None, "failed", []
     try:
         writer = TraceWriter(
@@ -308,11 +361,11 @@ def serve(
     """The request loop over every cell: coded forward, check, one flush per request."""
     rows: list[dict] = []
     plan = run_cells(cfg)
-    total = len(plan) * cfg.requests
+    total = len(plan) * job.requests
     references: dict[int, torch.Tensor] = {}
     for cell in plan:
         configure_cell(cfg, job, engine, cell)
-        for i in range(cfg.requests):
+        for i in range(job.requests):
             x = job.input_for(i)
             ref = reference(cfg, job, engine, i, references)
             engine.begin_request(len(rows), fault_request=i)
@@ -323,6 +376,8 @@ def serve(
             t1 = engine.now()
             rounds, subtasks = engine.take_rows()
             row = request_row(cfg, cell, len(rows), t0, t1, logits, ref, rounds)
+            if job.labels is not None:
+                row["label"] = int(job.labels[i % len(job.labels)])
             writer.append("rounds", rounds)
             writer.append("subtasks", subtasks)
             writer.append("requests", [row])
@@ -397,27 +452,56 @@ def progress_line(total: int, row: dict) -> str:
 
 
 def echo_summary(cfg: RunConfig, job: MasterJob, rows: list[dict], echo: Callable) -> int:
-    """The closing lines; exit code 3 when the coded result does not match the local one."""
+    """The closing lines; exit code 3 when an exact scheme's result does not match the
+    local one (learned codes are approximate by design: their agreement is reported)."""
     lat = np.array([r["latency"] for r in rows])
     share = 100.0 * sum(r["encode_s"] + r["decode_s"] for r in rows) / lat.sum()
+    coded = f", {len(job.specs)} type-1 convs" if job.specs else ""
+    if job.blocks:
+        coded += f", learned codes on {', '.join(cb.name for cb in job.blocks)}"
     echo(
         f"{cfg.model}: {len(rows)} requests on n={cfg.n} workers, k={cfg.k}, code={cfg.code}"
-        f"{'-sys' if cfg.systematic else ''}, {len(job.specs)} type-1 convs"
+        f"{'-sys' if cfg.systematic else ''}{coded}"
     )
     echo(
         f"latency mean {lat.mean():.3f} s (min {lat.min():.3f}, max {lat.max():.3f}); "
         f"encode+decode {share:.1f}% of it"
     )
+    for line in accuracy_lines(rows):
+        echo(line)
     code = 0
-    if cfg.check:
-        worst = max(r["rel_err"] for r in rows)
-        same = sum(r["predicted"] == r["reference_predicted"] for r in rows)
-        ok = worst <= cfg.tolerance and same == len(rows)
+    exact = [r for r in rows if not r["scheme"].startswith("learned")]
+    learned = [r for r in rows if r["scheme"].startswith("learned")]
+    if cfg.check and learned:
+        same = sum(r["predicted"] == r["reference_predicted"] for r in learned)
+        echo(
+            f"learned codes (approximate): top-1 equal to the local forward {same}/{len(learned)}"
+            f", max |err|/max|logit| = {max(r['rel_err'] for r in learned):.2e}"
+        )
+    if cfg.check and exact:
+        worst = max(r["rel_err"] for r in exact)
+        same = sum(r["predicted"] == r["reference_predicted"] for r in exact)
+        ok = worst <= cfg.tolerance and same == len(exact)
         echo(
             f"check against local forward: max |err|/max|logit| = {worst:.2e} "
-            f"(tolerance {cfg.tolerance:.0e}), top-1 identical {same}/{len(rows)}: "
+            f"(tolerance {cfg.tolerance:.0e}), top-1 identical {same}/{len(exact)}: "
             f"{'OK' if ok else 'FAILED'}"
         )
         code = 0 if ok else 3
     echo(f"wrote {job.path}")
     return code
+
+
+def accuracy_lines(rows: list[dict]) -> list[str]:
+    """Top-1 accuracy per scheme when the inputs carry labels (--data)."""
+    labelled = [r for r in rows if r.get("label", -1) >= 0]
+    lines = []
+    for scheme in dict.fromkeys(r["scheme"] for r in labelled):
+        mine = [r for r in labelled if r["scheme"] == scheme]
+        hits = sum(r["predicted"] == r["label"] for r in mine)
+        line = f"accuracy [{scheme}]: {100.0 * hits / len(mine):.2f}% ({hits}/{len(mine)})"
+        if all("reference_predicted" in r for r in mine):
+            local = sum(r["reference_predicted"] == r["label"] for r in mine)
+            line += f"; local forward {100.0 * local / len(mine):.2f}%"
+        lines.append(line)
+    return lines

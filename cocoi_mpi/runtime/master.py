@@ -19,10 +19,12 @@ import torch
 from mpi4py import MPI
 from mpi4py.util.dtlib import from_numpy_dtype
 
+from ..blocks import BlockSpec
 from ..codes import Scheme
-from ..convtask import ConvSpec, Prepared, remainder
-from ..engine import Engine, Execution
+from ..convtask import ConvSpec, Prepared
+from ..engine import Engine, Execution, layer_id
 from ..scenarios import FaultModel, Scenario
+from ..subtasks import masks_for, reply_shape, rest_output
 from .protocol import (
     CTRL,
     ERROR,
@@ -73,7 +75,7 @@ class Round:
     """One coded round in flight on the master."""
 
     round_id: int
-    spec: ConvSpec
+    spec: ConvSpec | BlockSpec
     prep: Prepared
     code: Scheme
     out_shape: tuple[int, ...]
@@ -135,8 +137,9 @@ class MasterEngine(Engine):
         seed = self.seed if seed is None else seed
         self.faults = FaultModel(scenario, self.workers, seed, self.faults.silent)
 
-    def setup(self, specs: Sequence[ConvSpec]) -> list[str]:
-        """Give every worker the type-1 convs (metadata by bcast, weights as raw Bcast).
+    def setup(self, specs: Sequence[ConvSpec], blocks: Sequence[BlockSpec] = ()) -> list[str]:
+        """Give every worker the type-1 convs (metadata by bcast, weights as raw Bcast)
+        and the learned scheme's conv blocks (pickled layers, one bcast).
 
         Returns the hostnames of all ranks of the communicator, master first.
         """
@@ -157,9 +160,12 @@ class MasterEngine(Engine):
         self.comm.bcast(metas, root=0)
         for spec in specs:
             self.comm.Bcast(np.ascontiguousarray(spec.weight.numpy()), root=0)
+        self.comm.bcast(list(blocks), root=0)
         return self.comm.gather(socket.gethostname(), root=0)
 
-    def _execute(self, spec: ConvSpec, prep: Prepared, code: Scheme, round_id: int) -> Execution:
+    def _execute(
+        self, spec: ConvSpec | BlockSpec, prep: Prepared, code: Scheme, round_id: int
+    ) -> Execution:
         rnd = Round(round_id, spec, prep, code, reply_shape(spec, prep, code))
         rnd.fault_key = self.fault_key
         t0 = self.now()
@@ -167,7 +173,7 @@ class MasterEngine(Engine):
             self.issue(rnd, i, self.workers[i % len(self.workers)])
         rnd.issued = code.n
         t_sent = self.now()
-        rest = remainder(spec, prep)
+        rest = rest_output(spec, prep)
         t_rest = self.now()
         try:
             self.collect(rnd)
@@ -200,7 +206,7 @@ class MasterEngine(Engine):
         fault = self.faults.fault(rnd.fault_key, index, rank, payload.nbytes, out_bytes)
         task = Task(
             rnd.round_id,
-            rnd.spec.layer_id,
+            layer_id(rnd.spec),
             payload.shape,
             str(payload.dtype),
             index,
@@ -208,6 +214,7 @@ class MasterEngine(Engine):
             fault.recv_delay,
             fault.send_delay,
             fault.slowdown,
+            masks_for(rnd.spec, rnd.prep, index),
         )
         self.sends.append((self.comm.isend(task, dest=rank, tag=CTRL), None))
         self.sends.append((self.comm.Isend(payload, dest=rank, tag=rnd.tag), payload))
@@ -346,12 +353,6 @@ class MasterEngine(Engine):
             self.err_req.Wait()
         logs = self.comm.gather(None, root=0)
         return [log for log in logs if log is not None]
-
-
-def reply_shape(spec: ConvSpec, prep: Prepared, code: Scheme) -> tuple[int, ...]:
-    """Shape of one subtask's output: (m, C_out, H_out, piece width)."""
-    height = spec.height_geom.out_size(prep.padded.shape[2])
-    return (code.pieces_per_task, spec.weight.shape[0], height, prep.split.piece_width)
 
 
 def mark_late(row: dict) -> dict:

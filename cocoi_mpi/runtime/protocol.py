@@ -60,6 +60,7 @@ class Task:
     recv_delay: float = 0.0  # emulated input transmission before computing
     send_delay: float = 0.0  # emulated output transmission (+ straggling) before replying
     slowdown: float = 1.0  # compute made this many times slower (a straggling device)
+    masks: tuple = ()  # conv block, systematic piece: valid columns before each inner conv
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from ..convtask import ConvSpec, worker_conv
+from ..blocks import BlockSpec
+from ..convtask import ConvSpec
+from ..subtasks import compute
 from .protocol import (
     CTRL,
     ERROR,
@@ -34,8 +36,9 @@ from .protocol import (
 )
 
 
-def receive_layers(comm: MPI.Comm) -> dict[int, ConvSpec] | None:
-    """Setup: layer metadata by bcast, then each weight as a raw Bcast. None: abort."""
+def receive_layers(comm: MPI.Comm) -> dict[int, ConvSpec | BlockSpec] | None:
+    """Setup: layer metadata by bcast, each weight as a raw Bcast, then the conv blocks
+    of the learned scheme. None: abort."""
     metas: list[LayerMeta] | None = comm.bcast(None, root=0)
     if metas is None:
         return None
@@ -53,6 +56,8 @@ def receive_layers(comm: MPI.Comm) -> dict[int, ConvSpec] | None:
             meta.pad_h,
             meta.pad_w,
         )
+    blocks: list[BlockSpec] = comm.bcast(None, root=0)
+    specs.update({b.block_id: b for b in blocks})
     return specs
 
 
@@ -69,7 +74,7 @@ class WorkerLoop:
     """Serve tasks in arrival order; every task that expects a reply gets exactly one."""
 
     comm: MPI.Comm
-    specs: dict[int, ConvSpec]
+    specs: dict[int, ConvSpec | BlockSpec]
     queue: deque = field(default_factory=deque)
     done: set = field(default_factory=set)
     stopping: bool = False
@@ -116,7 +121,8 @@ class WorkerLoop:
         t0 = MPI.Wtime()
         try:
             with torch.no_grad():
-                out = worker_conv(self.specs[task.layer_id], torch.from_numpy(item.payload))
+                x = torch.from_numpy(item.payload)
+                out = compute(self.specs[task.layer_id], x, task.masks)
         except Exception as exc:  # reported to the master as data, then the task is closed
             self.report_error(task, exc)
             return self.reply_code(task, SKIPPED)
