@@ -373,3 +373,128 @@ def test_sweep_compares_planned_and_fixed_k(tmp_path):
     (fixed,) = req["request"][req["scheme"] == "cocoi:2"]
     assert (rounds["k"][rounds["request"] == fixed] <= 2).all()
     assert (req["rel_err"] <= 1e-4).all()
+
+
+# --------------------------------------------------------------------------- learned codes
+
+
+@pytest.fixture(scope="module")
+def learned_files(tmp_path_factory):
+    """A LeNet-5 trained briefly on digits and codecs for both of its blocks."""
+    from cocoi_mpi.data import load_dataset
+    from cocoi_mpi.learning import (
+        CodecTraining,
+        make_coded_block,
+        new_state,
+        save_codec,
+        train_codec,
+    )
+    from cocoi_mpi.training import save_base, train_base
+
+    root = tmp_path_factory.mktemp("learned")
+    train = load_dataset("digits", "train").subset(400)
+    model = build_model("lenet5", seed=0)
+    log = train_base(model, train, None, epochs=2, seed=0)
+    save_base(root / "lenet5.pt", model, "lenet5", "digits", log)
+    files = {"weights": root / "lenet5.pt"}
+    for block, k, r in [("features.3", 1, 1), ("features.3", 4, 2), ("features.0", 2, 1)]:
+        cb = make_coded_block(model, block, (1, 32, 32), k, r, "sparsemlp")
+        state = new_state("lenet5", "digits", (1, 32, 32), cb, model)
+        train_codec(model, cb, train, CodecTraining(epochs=1), state)
+        files[(block, k, r)] = root / f"{block}_k{k}_r{r}.pt"
+        save_codec(files[(block, k, r)], cb, state)
+    return files
+
+
+def offline_logits(files, codecs, lost, count) -> torch.Tensor:
+    from cocoi_mpi.data import load_dataset
+    from cocoi_mpi.learning import coded_predictions, load_codec
+    from cocoi_mpi.models import load_weights
+
+    model = load_weights(build_model("lenet5"), files["weights"]).eval()
+    entries = [load_codec(files[c], model, "lenet5", (1, 32, 32))[0] for c in codecs]
+    images = load_dataset("digits", "test").images[:count]
+    return coded_predictions(model, entries, images, lost)
+
+
+@pytest.mark.parametrize(
+    "np_, codec, silent, lost",
+    [(3, ("features.3", 1, 1), "1", [0]), (7, ("features.3", 4, 2), "1,3", [0, 2])],
+)
+def test_learned_scheme_over_mpi_equals_offline(tmp_path, learned_files, np_, codec, silent, lost):
+    """With the silent workers' rows lost, the run decodes exactly what offline does."""
+    out = tmp_path / "learned.h5"
+    count = 60
+    proc = mpirun(
+        np_,
+        *("--model", "lenet5", "--weights", str(learned_files["weights"])),
+        *("--scheme", "learned", "--codec", str(learned_files[codec])),
+        *("--data", "digits", "--requests", str(count), "--silent", silent, "--quiet"),
+        *("--out", str(out)),
+    )
+    assert proc.returncode == 0, proc.stderr
+    trace = read_trace(out)
+    ref = offline_logits(learned_files, [codec], lost, count).numpy()
+    assert np.abs(trace.logits - ref).max() <= 1e-4 * np.abs(ref).max()
+    assert (trace.logits.argmax(1) == ref.argmax(1)).all()
+    req = trace.requests
+    offline_acc = 100.0 * (ref.argmax(1) == req["label"]).mean()
+    assert f"accuracy [learned]: {offline_acc:.2f}%" in proc.stdout
+    rows = trace.rounds
+    assert set(rows["layer"].tolist()) == {"features.3"}
+    kept = [i for i in range(codec[1] + codec[2]) if i not in lost]
+    used = {tuple(sorted(int(i) for i in u.split(","))) for u in rows["used_rows"].tolist()}
+    assert used == {tuple(kept)}  # in arrival order in the file
+
+
+def test_learned_hybrid_keeps_last_block_on_master(tmp_path, learned_files):
+    """--hybrid: the codec of the last block is not used; features.0 still is."""
+    out = tmp_path / "hybrid.h5"
+    proc = mpirun(
+        4,
+        *("--model", "lenet5", "--weights", str(learned_files["weights"])),
+        *("--scheme", "learned", "--hybrid", "--data", "digits", "--requests", "5"),
+        *("--codec", str(learned_files[("features.0", 2, 1)])),
+        *("--codec", str(learned_files[("features.3", 1, 1)])),
+        *("--out", str(out), "--quiet"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "learned codes on features.0" in proc.stdout
+    assert set(read_trace(out).rounds["layer"].tolist()) == {"features.0"}
+
+
+def test_sweep_mixes_learned_and_exact_schemes(tmp_path, learned_files):
+    """One run compares learned codes with CoCoI: conv proxies live inside the blocks."""
+    cfg = tmp_path / "mix.toml"
+    codec = learned_files[("features.3", 1, 1)]
+    cfg.write_text(
+        f'model = "lenet5"\nweights = "{learned_files["weights"]}"\ncodec = ["{codec}"]\n'
+        'data = "digits"\nrequests = 3\n[sweep]\nschemes = ["learned", "cocoi", "uncoded"]\n'
+    )
+    out = tmp_path / "mix.h5"
+    proc = mpirun(3, "--config", str(cfg), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "check against local forward" in proc.stdout and ": OK" in proc.stdout
+    req = read_trace(out).requests
+    assert sorted(set(req["scheme"].tolist())) == ["cocoi", "learned", "uncoded"]
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--scheme", "learned"], "needs --codec"),
+        (["--codec", "x.pt"], "only by --scheme learned"),
+        (["--scheme", "learned", "--codec", "/nonexistent/c.pt"], "not found"),
+    ],
+)
+def test_learned_bad_settings_fail_cleanly(tmp_path, args, expect):
+    proc, out = bad_run(tmp_path, 3, "--model", "lenet5", *args)
+    assert_clean_failure(proc, out, expect)
+
+
+def test_codec_for_another_model_is_refused(tmp_path, learned_files):
+    codec = learned_files[("features.3", 1, 1)]
+    proc, out = bad_run(
+        tmp_path, 3, "--model", "vgg16", "--scheme", "learned", "--codec", str(codec)
+    )
+    assert_clean_failure(proc, out, "trained for model 'lenet5'")
