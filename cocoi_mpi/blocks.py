@@ -145,7 +145,7 @@ class PieceGeom:
 
     out: Range
     start: int  # first block-input column, in unpadded coordinates (may be < 0)
-    masks: tuple[Range, ...]  # valid local columns of the input of conv 2, 3, ...
+    masks: tuple[Range, ...]  # valid local columns of the input of each conv
 
 
 @dataclass(frozen=True)
@@ -197,8 +197,8 @@ def piece_geom(
     starts.reverse()
     ins.reverse()
     masks = tuple(
-        (max(0, -s), min(w, size - s))
-        for s, w, size in zip(starts[1:], ins[1:], widths[1:-1], strict=True)
+        (lo := min(max(0, -s), w), max(lo, min(w, size - s)))
+        for s, w, size in zip(starts, ins, widths[:-1], strict=True)
     )
     return PieceGeom(out, starts[0], masks), ins[0]
 
@@ -250,13 +250,14 @@ def run_block(spec: BlockSpec, x: torch.Tensor, masks: Sequence[Range] = ()) -> 
     """A worker's subtask: the block's layers on one piece, convs valid in width.
 
     ``masks`` (systematic pieces) zero the columns outside the true feature map before
-    each inner conv; without masks (parity pieces) every column is kept.
+    each conv (zero padding, also after leading element-wise layers); without masks
+    (parity pieces) every column is kept.
     """
     conv_index = 0
     for module in spec.layers:
         if is_conv(module):
-            if conv_index > 0 and masks:
-                x = mask_columns(x, masks[conv_index - 1])
+            if masks:
+                x = mask_columns(x, masks[conv_index])
             x = valid_conv(module, x)
             conv_index += 1
         else:

@@ -341,10 +341,6 @@ def fit(trace: str, out: str, plot: str | None, method: str) -> None:
         click.echo(f"wrote {plot}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 @main.command()
 @click.option(
     "--model", default="lenet5", show_default=True, help="Registry name or module:factory."
@@ -554,3 +550,7 @@ def _accuracy_lines(model_spec, weights, codecs, data, lost_rows, markdown) -> l
     if not markdown:
         return [head, *[line.replace("|", " ").strip() for line in lines if "---" not in line]]
     return [head, "", *lines]
+
+
+if __name__ == "__main__":
+    main()

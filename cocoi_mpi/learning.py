@@ -13,7 +13,6 @@ run on the decoded block output.
 from __future__ import annotations
 
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,6 +40,7 @@ from .blocks import (
 )
 from .codes.learned import Codec
 from .data import Dataset, batches
+from .training import atomic_torch_save
 
 CHECKPOINT_KIND = "cocoi-codec"
 CHECKPOINT_VERSION = 1
@@ -389,8 +389,6 @@ def coded_predictions(
 
 def save_codec(path: str | Path, cb: CodedBlock, state: CodecState) -> None:
     """Write a checkpoint atomically: an interrupted save never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(
         kind=CHECKPOINT_KIND,
         version=CHECKPOINT_VERSION,
@@ -406,9 +404,7 @@ def save_codec(path: str | Path, cb: CodedBlock, state: CodecState) -> None:
         history=state.history,
         optimizer=state.optimizer,
     )
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(payload, Path(path))
 
 
 def read_codec(path: str | Path) -> dict:

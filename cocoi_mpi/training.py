@@ -185,10 +185,10 @@ def save_base(
         "log": [dict(row) for row in log.epochs],
         "accuracy": log.final_test_acc,
     }
-    _atomic_torch_save(checkpoint, Path(path))
+    atomic_torch_save(checkpoint, Path(path))
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
+def atomic_torch_save(obj: object, path: Path) -> None:
     """Save to a temp file in the same folder, fsync, then os.replace onto ``path``.
 
     The temp file is opened normally (not with mkstemp) so the result gets the usual

@@ -205,32 +205,27 @@ def test_pieces_share_one_width_hold_the_true_columns_and_have_masks_in_range():
         pieces = cut_block(split, x)
         assert pieces.shape == (x.shape[0], k, x.shape[1], x.shape[2], split.piece_in)
         width = x.shape[3]
-        inner = local_widths(spec, split.piece_in)[1:]
+        inner = local_widths(spec, split.piece_in)
         for i, piece in enumerate(split.pieces):
             # every column is the block input's own column, or a zero outside it
             for col in range(split.piece_in):
                 g = piece.start + col
                 expected = x[..., g] if 0 <= g < width else torch.zeros_like(x[..., 0])
                 assert torch.equal(pieces[:, i, ..., col], expected), (seed, i, col)
-            assert len(piece.masks) == len(spec.convs) - 1
+            assert len(piece.masks) == len(spec.convs)  # one per conv, the first included
             for (lo, hi), local in zip(piece.masks, inner, strict=True):
                 assert 0 <= lo <= hi <= local, (seed, i, piece.masks, inner)
         checked += 1
     assert checked >= 60
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="blocks.piece_geom: masks leave [0, local width] (lo > hi, hi < 0) when an "
-    "inner conv's padding is at least its kernel span (harmless: mask_columns clamps)",
-)
 def test_masks_stay_in_range_when_padding_exceeds_the_kernel_span():
     spec = block_spec(0, "b", [nn.Conv2d(2, 3, 1), nn.Conv2d(3, 3, 1, padding=3)])
     split = split_block(spec, 6, 12)
     x = torch.randn(1, 2, 4, 6, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(merged(spec, split, x), block_reference(spec, x))  # still exact
     for piece in split.pieces:
-        (lo, hi) = piece.masks[0]
+        (lo, hi) = piece.masks[1]
         assert 0 <= lo <= hi <= split.piece_in, piece
 
 
@@ -249,7 +244,7 @@ def test_no_padding_means_no_masking():
             widths = local_widths(spec, split.piece_in)
             pieces = cut_block(split, x)
             for i, piece in enumerate(split.pieces):
-                assert piece.masks == tuple((0, w) for w in widths[1:])
+                assert piece.masks == tuple((0, w) for w in widths)
                 assert torch.equal(
                     run_block(spec, pieces[:, i], piece.masks), run_block(spec, pieces[:, i])
                 )
@@ -280,12 +275,6 @@ def test_asymmetric_same_padding_and_wide_padding_are_exact():
         torch.testing.assert_close(merged(spec, split, x), spec.layers(x), atol=TOL, rtol=0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="blocks.run_block: element-wise layers before a block's first conv see the "
-    "zero columns cut_block adds; BatchNorm turns them into its shift, which the first "
-    "padded conv then reads instead of zero padding (edge columns wrong)",
-)
 def test_block_starting_with_batchnorm_is_exact():
     gen = torch.Generator().manual_seed(1)
     model = nn.Sequential(
@@ -523,11 +512,6 @@ def test_engine_with_a_silent_subtask_matches_the_offline_replay(k, lost):
     assert all(row["n_failed"] == 1 for row in rounds)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine._run_round: systematic_shortcut reads code.systematic, which "
-    "LearnedScheme lacks, so a learned round decoded from rows 0..k-1 is logged False",
-)
 def test_engine_logs_the_systematic_shortcut_of_a_learned_code():
     model, cb = lenet_and_codec(2)
     coded, engine = engine_model(model, cb, 3, 2)

@@ -285,6 +285,7 @@ class LearnedScheme(Scheme):
 
     name = "learned"
     pieces_per_task = 1
+    systematic = True  # rows 0..k-1 are the pieces themselves: all back means no decoding
 
     def __init__(self, codec: Codec):
         self.codec = codec
