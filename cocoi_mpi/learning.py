@@ -12,6 +12,7 @@ run on the decoded block output.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -76,22 +77,7 @@ def locate_block(model: nn.Module, name: str) -> BlockLoc:
 
 def block_input_shape(model: nn.Module, loc: BlockLoc, input_shape: Sequence[int]) -> tuple:
     """(C, H, W) reaching the block when the model sees one input of ``input_shape``."""
-    first = block_modules(model, loc)[0]
-    seen = {}
-
-    def grab(module, args):
-        seen["shape"] = tuple(args[0].shape[1:])
-        raise _Stop
-
-    handle = first.register_forward_pre_hook(grab)
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-    except _Stop:
-        pass
-    finally:
-        handle.remove()
-    return seen["shape"]
+    return tuple(block_inputs(model, loc, torch.zeros(1, *input_shape)).shape[1:])
 
 
 class _Stop(Exception):
@@ -189,10 +175,8 @@ def block_inputs(model: nn.Module, loc: BlockLoc, images: torch.Tensor) -> torch
 
     handle = first.register_forward_pre_hook(grab)
     try:
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.suppress(_Stop):
             model(images)
-    except _Stop:
-        pass
     finally:
         handle.remove()
     return seen["x"]
