@@ -7,13 +7,15 @@ ranks at once without a message exchanged (rank 0 alone prints it): no hang.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .codes import CODES, RUN_SCHEMES
-from .scenarios import PAPER_STRAGGLER_FACTOR, Scenario
+from .engine import SHORTFALL_POLICIES
+from .scenarios import PAPER_STRAGGLER_FACTOR, Crash, Scenario, parse_crashes
 from .sweep import parse_sweep
 
 
@@ -53,6 +55,9 @@ class RunConfig:
     codec: tuple[str, ...] = field(default_factory=tuple)  # learned-code checkpoints, one per block
     hybrid: bool = False  # learned scheme: run the model's last conv block on the master
     data: str | None = None  # dataset whose test split is the input (digits, mnist:DIR, ...)
+    round_timeout: float | str = "auto"  # seconds, "auto" (from the plan) or "off"
+    on_shortfall: str = "local"  # a round too few live workers can answer: local or error
+    crash: tuple = field(default_factory=tuple)  # fault drills, scenarios.Crash entries
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -65,12 +70,19 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file; its keys are RunConfig fields (a [run] table also works)."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # binary junk: TOML is UTF-8 text
+        msg = f"config file {path} is not valid TOML: not UTF-8 text ({exc.reason})"
+        raise ConfigError(msg) from None
+    except OSError as exc:  # a folder, no permission, ...
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     if "run" in data:  # settings may sit in a [run] table beside [sweep]
+        if not isinstance(data["run"], dict):
+            raise ConfigError(f"config file {path}: 'run' must be a table ([run]), not a value")
         data = {**data.pop("run"), **data}
     unknown = sorted(set(data) - FIELDS)
     if unknown:
@@ -86,6 +98,10 @@ def build_config(file: str | None, overrides: dict[str, Any], world_size: int) -
         values["silent"] = parse_ranks(values["silent"])
     if "codec" in values:
         values["codec"] = parse_paths(values["codec"])
+    if "crash" in values:
+        values["crash"] = parse_crash_option(values["crash"])
+    if isinstance(values.get("round_timeout"), str):
+        values["round_timeout"] = parse_timeout(values["round_timeout"])
     check_types(values)
     try:
         cfg = RunConfig(**values)
@@ -121,6 +137,8 @@ TYPES: dict[str, tuple[type, ...]] = {
     "sweep": (dict,),
     "hybrid": (bool,),
     "data": (str,),
+    "round_timeout": (float, int, str),
+    "on_shortfall": (str,),
 }
 
 
@@ -134,6 +152,21 @@ def check_types(values: dict[str, Any]) -> None:
         if wrong_bool or not isinstance(value, allowed):
             names = " or ".join(t.__name__ for t in allowed)
             raise ConfigError(f"{key} must be a {names}, got {value!r}")
+        if key in FINITE and not math.isfinite(value):
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
+
+
+# TOML and click accept nan and inf; range checks like `x < 0` let nan through.
+SCENARIO_FLOATS = ("lambda_tr", "straggler_factor", "straggler_prob", "link_mbps")
+FINITE = (*SCENARIO_FLOATS, "tolerance")
+
+
+def check_finite(scenario: Scenario) -> None:
+    """A [sweep] level of nan or inf would slip past Scenario's range checks."""
+    for name in SCENARIO_FLOATS:
+        value = getattr(scenario, name)
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
 
 
 def parse_ranks(value: Any) -> tuple[int, ...]:
@@ -162,6 +195,40 @@ def parse_paths(value: Any) -> tuple[str, ...]:
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise ConfigError(f"codec must be a checkpoint path or a list of them, got {value!r}")
+
+
+def parse_crash_option(value: Any) -> tuple[Crash, ...]:
+    """--crash '2@3,4@5:exit' or a TOML list of such entries."""
+    if not isinstance(value, str | list | tuple):
+        raise ConfigError(f"crash must be a string like '2@3' or a list of them, got {value!r}")
+    try:
+        return parse_crashes(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def parse_timeout(text: str) -> float | str:
+    """'--round-timeout 2.5' arrives as text: seconds, or the words auto / off."""
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def check_reliability(cfg: RunConfig, n: int) -> None:
+    """Deadline, shortfall policy and fault drills name real values and worker ranks."""
+    timeout = cfg.round_timeout
+    if isinstance(timeout, str) and timeout not in ("auto", "off"):
+        raise ConfigError(f"round_timeout must be seconds, auto or off, got {timeout!r}")
+    if not isinstance(timeout, str) and not (timeout > 0 and math.isfinite(timeout)):
+        raise ConfigError(f"round_timeout must be > 0 seconds, got {timeout!r}")
+    if cfg.on_shortfall not in SHORTFALL_POLICIES:
+        raise ConfigError(
+            f"on_shortfall must be one of {', '.join(SHORTFALL_POLICIES)}, got {cfg.on_shortfall!r}"
+        )
+    bad = [c.rank for c in cfg.crash if not 1 <= c.rank <= n]
+    if bad:
+        raise ConfigError(f"crash ranks {bad} are not worker ranks 1..{n}")
 
 
 PLANNED = ("auto", "star")
@@ -201,6 +268,7 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     if cfg.sweep is not None:
         try:
             for scenario in parse_sweep(dict(cfg.sweep), scenario_of(cfg))[1]:
+                check_finite(scenario)
                 scenario.check_workers(n)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"[sweep]: {exc}") from None
@@ -233,6 +301,7 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
             f"{len(set(cfg.silent))} silent workers exceed what n={n}, k={k} "
             f"tolerates ({tolerated})"
         )
+    check_reliability(cfg, n)
     requests = cfg.requests if cfg.requests is not None or cfg.data else 1
     silent = tuple(sorted(set(cfg.silent)))
     return dataclasses.replace(cfg, n=n, k=k, silent=silent, requests=requests)

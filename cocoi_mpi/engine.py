@@ -40,6 +40,16 @@ from .convtask import (
 from .latency import counts_for_spec
 from .subtasks import compute, masks_for, rest_output
 
+SHORTFALL_POLICIES = ("local", "error")
+
+
+class RoundShortfall(RuntimeError):
+    """Too few live workers replied for a round to decode; ``rows`` are its subtask rows."""
+
+    def __init__(self, message: str, rows: list[dict] | None = None):
+        super().__init__(message)
+        self.rows = rows or []
+
 
 @dataclass
 class Execution:
@@ -84,6 +94,7 @@ class Engine:
         self.active: set[str] | None = None  # proxies that distribute now (None: all)
         self.codecs: dict[str, Scheme] = {}  # block name -> its learned scheme
         self._block_splits: dict[tuple, tuple] = {}
+        self.on_shortfall = "local"  # a round that cannot decode: run it here, or raise
 
     def begin_request(self, request: int, fault_request: int | None = None) -> None:
         """Number the rounds of a request from 0: faults are keyed on (request, step)."""
@@ -132,7 +143,11 @@ class Engine:
             k = self.layer_k(spec, x.shape[3])
         except NotSplittable:
             return local_conv(spec, x, bias)
-        return self._coded_round(spec, x, bias, self.code_for(k))
+        t_start = self.now()
+        try:
+            return self._coded_round(spec, x, bias, self.code_for(k))
+        except RoundShortfall as exc:
+            return self.fall_back(spec, exc, t_start, lambda: local_conv(spec, x, bias))
 
     def _coded_round(
         self, spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None, code: Scheme
@@ -153,7 +168,39 @@ class Engine:
         t_split = self.now()
         prep = Prepared(split, x, code.encode(pieces).contiguous(), pieces, reply)
         counts = dict(n_enc=0.0, n_cmp=float(flops), n_dec=0.0)
-        return self._run_round(spec, prep, code, None, (t_start, t_split), counts)
+        try:
+            return self._run_round(spec, prep, code, None, (t_start, t_split), counts)
+        except RoundShortfall as exc:
+            return self.fall_back(spec, exc, t_start, lambda: spec.layers(x))
+
+    def fall_back(
+        self,
+        spec: ConvSpec | BlockSpec,
+        exc: RoundShortfall,
+        t_start: float,
+        run_here: Callable[[], torch.Tensor],
+    ) -> torch.Tensor:
+        """A round too few workers could answer: compute it on the master, flagged in the
+        trace (``rounds.fallback``), or re-raise when ``on_shortfall`` is "error"."""
+        self.subtasks.extend(exc.rows)
+        if self.on_shortfall == "error":
+            raise exc
+        out = run_here()
+        failed = sum(row.get("status") in FAILED_STATUSES for row in exc.rows)
+        self.rounds.append(
+            dict(
+                request=self.request,
+                round=self.round,
+                layer=spec.name,
+                layer_index=layer_id(spec),
+                n=self.n,
+                start=t_start,
+                total_s=self.now() - t_start,
+                n_failed=failed,
+                fallback=True,
+            )
+        )
+        return out
 
     def block_split(self, spec: BlockSpec, x: torch.Tensor, k: int) -> tuple:
         """The split of a block for this input width, its reply shape and FLOPs (cached)."""
@@ -215,6 +262,7 @@ class Engine:
                 ),
                 used_rows=",".join(str(i) for i in used),
                 **counts,
+                fallback=False,
                 systematic_shortcut=bool(
                     getattr(code, "systematic", False) and sorted(used) == list(range(code.k))
                 ),
@@ -234,6 +282,9 @@ class Engine:
         rounds, subtasks = self.rounds, self.subtasks
         self.rounds, self.subtasks = [], []
         return rounds, subtasks
+
+
+FAILED_STATUSES = ("failed", "dead", "timeout")
 
 
 def flop_counts(spec: ConvSpec, x: torch.Tensor, code: Scheme) -> dict:
@@ -271,7 +322,10 @@ class LocalEngine(Engine):
         while not code.decodable(outputs):  # streaming schemes: more symbols until decodable
             j = code.next_subtask(issued)
             if j is None:
-                break
+                raise RoundShortfall(
+                    f"round {round_id}: {len(outputs)} of {code.n} subtasks replied; "
+                    f"{code.describe()} cannot decode"
+                )
             issued += 1
             outputs[j] = worker_conv(spec, code.subtask_input(prep.pieces, j))
         return Execution(

@@ -41,6 +41,7 @@ from .blocks import (
 )
 from .codes.learned import Codec
 from .data import Dataset, batches
+from .inputs import read_error, torch_load
 from .training import atomic_torch_save
 
 CHECKPOINT_KIND = "cocoi-codec"
@@ -397,11 +398,9 @@ def read_codec(path: str | Path) -> dict:
     if not path.is_file():
         raise CodecError(f"codec checkpoint not found: {path}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch_load(path)
     except Exception as exc:
-        raise CodecError(
-            f"cannot read codec checkpoint {path}: {type(exc).__name__}: {exc}"
-        ) from None
+        raise CodecError(f"cannot read codec checkpoint {path}: {read_error(exc)}") from None
     if not isinstance(payload, dict) or payload.get("kind") != CHECKPOINT_KIND:
         raise CodecError(f"{path} is not a cocoi codec checkpoint (made by cocoi train)")
     if payload.get("version") != CHECKPOINT_VERSION:

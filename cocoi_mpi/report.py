@@ -103,7 +103,22 @@ def _header(trace: Trace) -> list[str]:
     if isinstance(versions, dict) and versions:
         text = ", ".join(f"{k} {v}" for k, v in versions.items())
         lines.append(f"Versions    {_short(text, WIDTH - 12)}")
+    reliability = attrs.get("reliability")
+    if isinstance(reliability, dict):
+        lines.append(f"Failures    {_failures(reliability)}")
     return lines
+
+
+def _failures(rel: dict) -> str:
+    """Real failures the run survived (dead or stuck workers) and the FT mode it ran in."""
+    dead = rel.get("dead_workers") or []
+    parts = [f"fault tolerance {rel.get('fault_tolerance', '?')}"]
+    parts += [f"rank {d['rank']} dead (seen at request {d['request']})" for d in dead]
+    if rel.get("unresponsive_workers"):
+        parts.append(f"unresponsive ranks {rel['unresponsive_workers']}")
+    if not dead and not rel.get("unresponsive_workers"):
+        parts.append("no worker died")
+    return _short(", ".join(parts), WIDTH - 12)
 
 
 def _share(req: dict[str, np.ndarray]) -> np.ndarray:
@@ -294,6 +309,9 @@ def _layer_lines(trace: Trace) -> list[str]:
     return [title] + _table(headers, rows)
 
 
+ALWAYS_SHOWN = ("used", "late", "skipped", "failed")  # dead/timeout only when they happened
+
+
 def _status_counts(statuses: np.ndarray) -> str:
     """'used 10 (83.3%)  late 2 (16.7%) ...', known statuses first, then any others."""
     total = statuses.size
@@ -301,7 +319,7 @@ def _status_counts(statuses: np.ndarray) -> str:
     parts = []
     for name in names:
         count = int((statuses == name).sum())
-        if count or name in SUBTASK_STATUSES:
+        if count or name in ALWAYS_SHOWN:
             parts.append(f"{name or '(none)'} {count} ({100.0 * count / total:.1f}%)")
     return "  ".join(parts)
 
@@ -323,11 +341,7 @@ def _worker_lines(sub: dict[str, np.ndarray]) -> list[str]:
     headers = [
         "worker",
         "tasks",
-        "used",
-        "late",
-        "skipped",
-        "failed",
-        "cancelled",
+        *SUBTASK_STATUSES,
         "delay ms",
         "recv ms",
         "comp ms",
@@ -359,6 +373,41 @@ def _subtask_lines(trace: Trace) -> list[str]:
     ] + _worker_lines(sub)
 
 
+def memory_growth(rss: np.ndarray) -> tuple[float, float, float] | None:
+    """(median RSS of the first tenth, of the last tenth, their difference) in MB.
+
+    Medians of tenths, not first and last samples: allocator noise is a few MB, a
+    leak grows steadily. None when fewer than 20 samples are known."""
+    rss = rss[np.isfinite(rss)]
+    if rss.size < 20:
+        return None
+    tenth = rss.size // 10
+    first, last = float(np.median(rss[:tenth])), float(np.median(rss[-tenth:]))
+    return first, last, last - first
+
+
+def _memory_lines(trace: Trace) -> list[str]:
+    """Resident memory per rank over the run (the soak's leak check)."""
+    series = {}
+    if "master_rss_mb" in trace.requests:
+        series[0] = trace.requests["master_rss_mb"]
+    sub = trace.subtasks
+    if "worker_rss_mb" in sub:
+        for rank in sorted(set(sub["worker"].tolist())):
+            series[rank] = sub["worker_rss_mb"][sub["worker"] == rank]
+    rows = []
+    for rank, rss in series.items():
+        growth = memory_growth(rss)
+        if growth is not None:
+            peak = float(np.nanmax(rss))
+            rows.append([str(rank), *(f"{v:.1f}" for v in growth), f"{peak:.1f}"])
+    if not rows:
+        return []
+    headers = ["rank", "first 10% MB", "last 10% MB", "growth MB", "max MB"]
+    title = "Memory (resident, median of the first and last tenth of samples)"
+    return [title, ""] + _table(headers, rows, left=0)
+
+
 def summarize(trace: Trace) -> str:
     """The whole plain-text report, sections separated by blank lines."""
     sections: list[Callable[[Trace], list[str]]] = [
@@ -369,6 +418,7 @@ def summarize(trace: Trace) -> str:
         _split_lines,
         _layer_lines,
         _subtask_lines,
+        _memory_lines,
     ]
     blocks = ["\n".join(lines) for lines in (s(trace) for s in sections) if lines]
     if trace.logits.shape[0] != trace.n_rows("requests"):

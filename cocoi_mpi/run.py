@@ -121,6 +121,25 @@ def error(rank: int, message: str) -> None:
     "--data",
     help="Serve a dataset's test split (digits, mnist:DIR, cifar10:DIR) and report accuracy.",
 )
+@click.option(
+    "--round-timeout",
+    "round_timeout",
+    help="Seconds a round waits before its missing workers count as failed; 'auto' "
+    "(max(60 s, 20x the plan's prediction)) or 'off'. [auto]",
+)
+@click.option(
+    "--on-shortfall",
+    "on_shortfall",
+    type=click.Choice(["local", "error"]),
+    help="When too few live workers can answer a round: compute it on the master "
+    "(flagged in the trace) or stop with an error. [local]",
+)
+@click.option(
+    "--crash",
+    help="Fault drill: RANK@REQUEST[:kill|exit|raise|hang=S], comma-separated; the "
+    "worker really dies (SIGKILL / exit), raises, or hangs S seconds. Survive deaths "
+    "with mpirun --with-ft ulfm.",
+)
 @click.option("--quiet/--no-quiet", default=None, help="Only the summary lines.")
 def main(config_file, input_, **options) -> None:
     """Coded distributed CNN inference: rank 0 is the master, ranks 1..n the workers."""
@@ -139,15 +158,22 @@ def main(config_file, input_, **options) -> None:
 
 def launch(cfg, world, rank: int) -> int:
     """Run the job; turn any exception into one line on rank 0 and an exit code."""
+    from .engine import RoundShortfall
     from .runtime.job import run_job
-    from .runtime.master import ShutdownTimeout
+    from .runtime.master import Interrupted, ShutdownTimeout
 
     echo = click.echo if rank == 0 else (lambda *a, **k: None)
     try:
         return run_job(cfg, world.Dup(), echo)
     except ShutdownTimeout as exc:  # requests still open: only an abort ends every rank
-        error(rank, f"{exc}; aborting the job")
+        error(rank, f"{exc}; the trace is written; aborting the job")
         world.Abort(1)
+    except Interrupted as exc:
+        error(rank, f"{exc}; the trace is closed as incomplete")
+        return 143 if "SIGTERM" in str(exc) else 130
+    except RoundShortfall as exc:
+        error(rank, f"{exc} (--on-shortfall error)")
+        return 1
     except Exception as exc:
         message = f"{type(exc).__name__}: {exc}" if not is_user_error(exc) else str(exc)
         if rank == 0:

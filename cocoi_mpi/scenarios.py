@@ -115,3 +115,44 @@ class FaultModel:
             send_delay=link_out + extra,
             slowdown=sc.straggler_factor if slow and rank == self.straggler else 1.0,
         )
+
+
+CRASH_KINDS = ("kill", "exit", "hang", "raise")
+
+
+@dataclass(frozen=True)
+class Crash:
+    """A fault drill (--crash): worker ``rank`` really dies (SIGKILL, or an exit
+    without a signal), stops answering for ``hang_s`` seconds, or raises an exception
+    in its subtask, on its first subtask of request ``request`` or later (requests are
+    counted from 0 over the whole run)."""
+
+    rank: int
+    request: int
+    kind: str = "kill"
+    hang_s: float = 0.0
+
+
+def parse_crashes(text: str | list | tuple) -> tuple[Crash, ...]:
+    """'2@3' (rank 2 dies at request 3), '4@1:exit', '3@0:hang=5' -> Crash tuple."""
+    entries = text if isinstance(text, list | tuple) else str(text).split(",")
+    return tuple(parse_crash(str(e).strip()) for e in entries if str(e).strip())
+
+
+def parse_crash(entry: str) -> Crash:
+    """One RANK@REQUEST[:kill|exit|hang=SECONDS] entry."""
+    usage = (
+        f"crash entry {entry!r} must be RANK@REQUEST[:kill|exit|raise|hang=SECONDS], e.g. 2@3:kill"
+    )
+    where, _, kind = entry.partition(":")
+    rank, at, request = where.partition("@")
+    kind, _, seconds = (kind or "kill").partition("=")
+    try:
+        crash = Crash(int(rank), int(request), kind, float(seconds) if seconds else 0.0)
+    except ValueError:
+        raise ValueError(usage) from None
+    if not at or kind not in CRASH_KINDS or crash.request < 0 or crash.hang_s < 0:
+        raise ValueError(usage)
+    if (kind == "hang") != bool(seconds):
+        raise ValueError(f"{usage}: only hang takes seconds, and it needs them")
+    return crash

@@ -36,7 +36,7 @@ import numpy as np
 
 FORMAT_VERSION = 1
 TABLES = ("requests", "rounds", "subtasks")
-SUBTASK_STATUSES = ("used", "late", "skipped", "failed", "cancelled")
+SUBTASK_STATUSES = ("used", "late", "skipped", "failed", "dead", "timeout")
 CHUNK_ROWS = 256
 
 REQUEST_DTYPE = np.dtype(
@@ -59,6 +59,7 @@ REQUEST_DTYPE = np.dtype(
         ("distributed_s", "f8"),  # sum of the request's round totals
         ("n_rounds", "i4"),
         ("label", "i8"),  # true class when the inputs come from a dataset; -1: unknown
+        ("master_rss_mb", "f8"),  # resident memory of rank 0 after the request; NaN: unknown
     ]
 )
 
@@ -93,6 +94,7 @@ ROUND_DTYPE = np.dtype(
         ("used_workers", "S256"),  # comma-separated ranks
         ("used_rows", "S256"),  # comma-separated code rows the decoder used (arrival order)
         ("systematic_shortcut", "?"),
+        ("fallback", "?"),  # too few live workers: the master computed the layer itself
     ]
 )
 
@@ -114,6 +116,7 @@ SUBTASK_DTYPE = np.dtype(
         ("sent_t", "f8"),  # seconds since run start
         ("arrival_t", "f8"),  # seconds since run start; NaN if it never arrived
         ("status", "S12"),  # one of SUBTASK_STATUSES
+        ("worker_rss_mb", "f8"),  # the worker's resident memory when it replied; NaN: none
     ]
 )
 
@@ -359,6 +362,12 @@ class TraceWriter:
     def flush(self) -> None:
         """Push everything written so far to disk (a later crash cannot lose it)."""
         self._h5.flush()
+
+    def mark(self, status: str) -> None:
+        """Record an incomplete status now and flush, before a slow shutdown that a kill
+        may cut short (close() records the final one)."""
+        self._file.attrs["status"] = status
+        self._file.flush()
 
     def close(self, status: str = "complete") -> None:
         """Record how the run ended and close; ``complete`` is True only for "complete"."""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cocoi_mpi.config import ConfigError, RunConfig, build_config, load_toml, parse_ranks
+from cocoi_mpi.scenarios import Crash
 
 
 def write(tmp_path: Path, text: str, name: str = "run.toml") -> str:
@@ -187,7 +188,11 @@ def test_to_dict_is_json_serialisable(tmp_path):
     data = json.loads(json.dumps(cfg.to_dict()))
     assert data["n"] == 4 and data["k"] == 2 and data["silent"] == [1]
     assert set(data) == {f for f in RunConfig.__dataclass_fields__}
-    tuples = {"silent": tuple(data["silent"]), "codec": tuple(data["codec"])}
+    tuples = {
+        "silent": tuple(data["silent"]),
+        "codec": tuple(data["codec"]),
+        "crash": tuple(Crash(**c) for c in data["crash"]),
+    }
     assert RunConfig(**{**data, **tuples}) == cfg
 
 

@@ -15,8 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from cocoi_mpi.codes import DecodeError
-from cocoi_mpi.engine import CodedConv, LocalEngine, install, type1_convs
+from cocoi_mpi.engine import CodedConv, LocalEngine, RoundShortfall, install, type1_convs
 from cocoi_mpi.models import build_model, input_shape
 from cocoi_mpi.split import split_layer
 
@@ -256,12 +255,22 @@ def test_first_conv_can_be_distributed_too(references, name):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_more_silent_workers_than_n_minus_k_cannot_decode(references, name):
-    model, x, _ = references[name]
+    """Such a round is a shortfall: an error when asked for, else the master computes
+    the layer itself (exact, and flagged as a fallback in the round's row)."""
+    model, x, want = references[name]
     for k in (1, 3, N):
         silent = frozenset(range(N - k + 1))
-        net, _, _ = coded(model, N, k, silent=silent)
-        with torch.no_grad(), pytest.raises(DecodeError):
+        net, engine, _ = coded(model, N, k, silent=silent)
+        engine.on_shortfall = "error"
+        with torch.no_grad(), pytest.raises(RoundShortfall, match="cannot decode"):
             net(x)
+        engine.on_shortfall = "local"
+        engine.take_rows()
+        with torch.no_grad():
+            got = net(x)
+        assert rel_diff(got, want) < 1e-5
+        rounds, _ = engine.take_rows()
+        assert any(r["fallback"] for r in rounds)  # narrow layers use a smaller k
 
 
 def test_coded_layers_take_one_image(references):

@@ -17,8 +17,8 @@ from torch import nn
 mpi4py = pytest.importorskip("mpi4py")
 from mpi4py import MPI  # noqa: E402
 
-from cocoi_mpi.engine import install  # noqa: E402
-from cocoi_mpi.runtime.master import MasterEngine, RoundFailed, WorkerError  # noqa: E402
+from cocoi_mpi.engine import RoundShortfall, install  # noqa: E402
+from cocoi_mpi.runtime.master import MasterEngine, WorkerError  # noqa: E402
 from cocoi_mpi.runtime.worker import run_worker  # noqa: E402
 
 pytestmark = pytest.mark.mpi(min_size=3)
@@ -145,15 +145,67 @@ def test_worker_exception_reaches_master(comm):
 
 
 def test_round_fails_cleanly_when_nobody_can_reply(comm):
+    """With every worker silent a round cannot decode: an error under
+    on_shortfall="error", the master's own conv (flagged as a fallback) otherwise."""
     n = comm.Get_size() - 1
 
     def all_silent(engine, model):
         engine.silent = frozenset(range(1, n + 1))
-        with pytest.raises(RoundFailed):
+        x = torch.randn(1, 3, 21, 43)
+        engine.on_shortfall = "error"
+        with pytest.raises(RoundShortfall, match="cannot decode"):
             with torch.no_grad():
-                model(torch.randn(1, 3, 21, 43))
+                model(x)
+        engine.take_rows()
+        engine.on_shortfall = "local"
+        with torch.no_grad():
+            out = model(x)
+            with engine.local_only():
+                ref = model(x)
+        assert torch.allclose(out, ref, atol=1e-5)
+        rounds, subtasks = engine.take_rows()
+        assert rounds and all(r["fallback"] for r in rounds)
+        assert {s["status"] for s in subtasks} == {"failed"}
 
     run_coded(comm, k=1, requests=1, extra=all_silent)
+
+
+def test_round_deadline_counts_stuck_workers_as_failed(comm):
+    """A worker that hangs past the round's deadline counts as failed for that round:
+    uncoded re-sends its piece to another worker; when every worker hangs nobody is
+    left to ask and the master computes the round itself. Both stay exact; the hung
+    subtasks are recorded as 'timeout'."""
+    from cocoi_mpi.scenarios import Crash
+
+    n = comm.Get_size() - 1
+    x = torch.randn(1, 3, 21, 43, generator=torch.Generator().manual_seed(4))
+
+    def hang(engine, model):
+        engine.round_timeout = 0.3
+        for req, scheme in enumerate(["uncoded", "cocoi"]):
+            engine.use(scheme, n)
+            hung = [1] if scheme == "uncoded" else range(1, n + 1)
+            engine.crashes = [Crash(rank, req, "hang", 1.0) for rank in hung]
+            engine.begin_request(req)
+            with torch.no_grad():
+                out = model(x)
+                with engine.local_only():
+                    ref = model(x)
+            assert torch.allclose(out, ref, atol=1e-4), scheme
+        engine.kept = engine.take_rows()
+
+    result = run_coded(comm, k=n, requests=0, extra=hang)
+    if result is not None:
+        _, engine = result
+        rounds, subtasks = engine.kept
+        subtasks = subtasks + engine.subtasks  # late rows resolved at shutdown
+        first = {req: min(r["round"] for r in rounds if r["request"] == req) for req in (0, 1)}
+        for req in (0, 1):
+            row = next(r for r in rounds if r["round"] == first[req])
+            mine = [s for s in subtasks if s["round"] == first[req]]
+            timed_out = sorted(s["worker"] for s in mine if s["status"] == "timeout")
+            assert timed_out == ([1] if req == 0 else list(range(1, n + 1)))
+            assert row["fallback"] == (req == 1)
 
 
 @pytest.mark.parametrize("scheme", ["cocoi", "uncoded", "replication", "lt-kl", "lt-ks"])

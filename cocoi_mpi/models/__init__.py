@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..inputs import read_error, torch_load
 from .lenet5 import lenet5
 from .resnet18 import resnet18
 from .vgg16 import vgg16
@@ -261,10 +262,9 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch_load(path)
     except Exception as exc:  # torch raises many different types for bad files
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"cannot read weights file {path}: {msg}") from exc
+        raise WeightsError(f"cannot read weights file {path}: {read_error(exc)}") from None
     if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
@@ -289,6 +289,8 @@ def _check_keys(
         parts.append(f"{len(missing)} missing keys ({_first(missing)})")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected keys ({_first(unexpected)})")
+    if len(missing) == len(expected):  # not one name in common: the usual cause
+        parts.append("no parameter name in common: are these weights for another model?")
     raise WeightsError(f"weights file {path} does not match the model: " + "; ".join(parts))
 
 

@@ -29,8 +29,14 @@ from ..inputs import check_shape, load_input, seeded_inputs
 from ..models import MODELS, build_model, input_shape, load_weights
 from ..sweep import Cell, cells, parse_sweep
 from ..traces import TraceWriter
-from .master import MasterEngine
+from .master import Interrupted, MasterEngine, ShutdownTimeout, ulfm_enabled
+from .protocol import resident_mb
+from .signals import SignalFlag
 from .worker import run_worker
+
+AUTO_TIMEOUT_MIN_S = 60.0  # --round-timeout auto: never less than this
+AUTO_TIMEOUT_FACTOR = 20.0  # ... and this many times the plan's predicted round time
+INTERRUPTED_SHUTDOWN_S = 5.0  # after SIGTERM: how long workers get to close their replies
 
 
 def run_job(cfg: RunConfig, comm: MPI.Comm | None = None, echo: Callable = print) -> int:
@@ -146,6 +152,25 @@ def configure_cell(cfg: RunConfig, job: MasterJob, engine: MasterEngine, cell: C
     else:
         engine.planned = {}
         engine.active = job.default_layers if job.plans else None
+    engine.layer_timeouts = layer_timeouts(cfg, job)
+
+
+def base_timeout(cfg: RunConfig) -> float | None:
+    """A round's deadline in seconds (None: wait as long as it takes)."""
+    if cfg.round_timeout == "off":
+        return None
+    return AUTO_TIMEOUT_MIN_S if cfg.round_timeout == "auto" else float(cfg.round_timeout)
+
+
+def layer_timeouts(cfg: RunConfig, job: MasterJob) -> dict[str, float]:
+    """--round-timeout auto: 20x the plan's predicted latency of each layer, >= 60 s."""
+    if cfg.round_timeout != "auto":
+        return {}
+    return {
+        p.name: max(AUTO_TIMEOUT_MIN_S, AUTO_TIMEOUT_FACTOR * p.predicted_s)
+        for plans in job.plans.values()
+        for p in plans
+    }
 
 
 @dataclass
@@ -277,7 +302,15 @@ def git_commit() -> str:
 
 
 def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
-    """Prepare, hand workers their layers, serve the requests, write the trace."""
+    """Prepare, hand workers their layers, serve the requests, write the trace.
+
+    SIGTERM/SIGINT stop the run at the next safe point (between two polls of a round,
+    or between requests); the trace is then closed as interrupted."""
+    with SignalFlag() as signalled:
+        return master_life(comm, cfg, echo, signalled)
+
+
+def master_life(comm: MPI.Comm, cfg: RunConfig, echo: Callable, signalled: SignalFlag) -> int:
     try:
         job = prepare(cfg)
         engine = MasterEngine(
@@ -290,7 +323,11 @@ def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
             scheme=cfg.scheme,
             scenario=scenario_of(cfg),
             seed=cfg.seed,
+            round_timeout=base_timeout(cfg),
+            crashes=cfg.crash,
+            interrupted=signalled.name,
         )
+        engine.on_shortfall = cfg.on_shortfall
         job.specs = install_for(job, engine, cfg)
     except BaseException:
         comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
@@ -318,20 +355,33 @@ def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
             for key, plans in job.plans.items():
                 for line in plan_lines(cfg, key, plans):
                     echo(line)
-        rows = serve(cfg, job, engine, writer, echo)
+        rows = serve(cfg, job, engine, writer, echo, signalled)
         status = "complete"
+    except Interrupted as exc:
+        status = f"interrupted: {exc}"
+        if writer is not None:  # mpirun kills ranks ~0.2 s after forwarding SIGTERM
+            writer.mark(status)
+        raise
     except BaseException as exc:
         status = f"failed: {type(exc).__name__}: {exc}"
         raise
     finally:
-        finish(engine, writer, status)
+        grace = INTERRUPTED_SHUTDOWN_S if status.startswith("interrupted") else 60.0
+        finish(engine, writer, status, grace)
     return echo_summary(cfg, job, rows, echo)
 
 
-def finish(engine: MasterEngine, writer: TraceWriter | None, status: str) -> None:
-    """Stop the workers, store what they report, and close the file with its status."""
+def finish(engine: MasterEngine, writer: TraceWriter | None, status: str, grace: float) -> None:
+    """Stop the workers, store what they report, and close the file with its status.
+
+    Workers that never answer make ShutdownTimeout, raised after the file is closed
+    (the caller aborts the job)."""
+    logs, stuck = [], None
     try:
-        logs = engine.shutdown()
+        logs = engine.shutdown(grace)
+    except ShutdownTimeout as exc:
+        stuck = exc
+    try:
         if writer is not None:
             engine.poll_late()
             _, late_rows = engine.take_rows()
@@ -342,9 +392,24 @@ def finish(engine: MasterEngine, writer: TraceWriter | None, status: str) -> Non
             writer.set_meta(
                 "workers", [{k: v for k, v in log.items() if k != "sends"} for log in logs]
             )
+            writer.set_meta("reliability", reliability_meta(engine))
     finally:
         if writer is not None:
             writer.close(status)
+    if stuck is not None:
+        raise stuck
+
+
+def reliability_meta(engine: MasterEngine) -> dict:
+    """What the run survived: dead workers and when they were seen, stuck ones, leaks."""
+    return dict(
+        fault_tolerance="ulfm" if ulfm_enabled() else "none",
+        dead_workers=sorted(engine.dead.values(), key=lambda d: d["t"]),
+        unresponsive_workers=engine.unresponsive,
+        worker_errors_at_shutdown=engine.later_errors,
+        open_receives_at_end=len(engine.late),
+        open_sends_at_end=len(engine.sends),
+    )
 
 
 def run_cells(cfg: RunConfig) -> list[Cell]:
@@ -356,7 +421,12 @@ def run_cells(cfg: RunConfig) -> list[Cell]:
 
 
 def serve(
-    cfg: RunConfig, job: MasterJob, engine: MasterEngine, writer: TraceWriter, echo: Callable
+    cfg: RunConfig,
+    job: MasterJob,
+    engine: MasterEngine,
+    writer: TraceWriter,
+    echo: Callable,
+    signalled: SignalFlag,
 ) -> list[dict]:
     """The request loop over every cell: coded forward, check, one flush per request."""
     rows: list[dict] = []
@@ -366,6 +436,8 @@ def serve(
     for cell in plan:
         configure_cell(cfg, job, engine, cell)
         for i in range(job.requests):
+            if (signame := signalled.name()) is not None:
+                raise Interrupted(f"stopped by {signame}")
             x = job.input_for(i)
             ref = reference(cfg, job, engine, i, references)
             engine.begin_request(len(rows), fault_request=i)
@@ -378,6 +450,7 @@ def serve(
             row = request_row(cfg, cell, len(rows), t0, t1, logits, ref, rounds)
             if job.labels is not None:
                 row["label"] = int(job.labels[i % len(job.labels)])
+            row["master_rss_mb"] = resident_mb()
             writer.append("rounds", rounds)
             writer.append("subtasks", subtasks)
             writer.append("requests", [row])

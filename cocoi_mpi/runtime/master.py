@@ -1,17 +1,27 @@
-"""The master's MPI side: ship coded subtasks, collect k-of-n with Waitsome, drain late.
+"""The master's MPI side: ship coded subtasks, collect k-of-n, drain late replies.
 
 Each round posts one Isend per subtask and one Irecv per expected reply, computes the
-remainder columns while workers run, then calls MPI.Request.Waitsome over the round's
-receives, the receives still open from earlier rounds (late replies) and the error
-channel, until the code can decode. Receives left open move to the late pool; their
-workers are told the round is done. Buffers live as long as their requests.
+remainder columns while workers run, then waits with MPI.Request.Testsome over the
+round's receives, the receives still open from earlier rounds (late replies) and the
+per-worker error channels, until the code can decode. Receives left open move to the
+late pool; their workers are told the round is done. Buffers live as long as their
+requests.
+
+The wait polls Testsome with a back-off sleep of at most 1 ms rather than blocking in
+Waitsome, for three reasons: a blocking MPI call cannot be interrupted by SIGTERM or
+by the round's deadline, Open MPI's Waitsome spins a core that co-located workers
+need, and under ULFM (``mpirun --with-ft ulfm``) a worker's death completes its
+requests with MPI_ERR_PROC_FAILED, which the poll turns into a dead worker: its
+subtasks count as failed, the code decodes from the others (or re-sends, for uncoded
+and replication) and it is never sent to again.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -22,14 +32,15 @@ from mpi4py.util.dtlib import from_numpy_dtype
 from ..blocks import BlockSpec
 from ..codes import Scheme
 from ..convtask import ConvSpec, Prepared
-from ..engine import Engine, Execution, layer_id
-from ..scenarios import FaultModel, Scenario
+from ..engine import Engine, Execution, RoundShortfall, layer_id
+from ..scenarios import Crash, FaultModel, Scenario
 from ..subtasks import masks_for, reply_shape, rest_output
 from .protocol import (
     CTRL,
     ERROR,
     ERROR_BYTES,
     FAILED,
+    LOG,
     TRAILER,
     Done,
     LayerMeta,
@@ -45,12 +56,30 @@ class WorkerError(RuntimeError):
     """A worker reported an exception; the message says which and what."""
 
 
-class RoundFailed(RuntimeError):
-    """Too few replies can ever arrive for a round to decode."""
-
-
 class ShutdownTimeout(RuntimeError):
     """Workers did not close their open replies in time at the end of the run."""
+
+
+class Interrupted(RuntimeError):
+    """SIGTERM or SIGINT arrived: the run stops at the next safe point."""
+
+
+# Under ULFM a dead peer completes requests with one of these (names exist in mpi4py 4).
+PROC_FAILED = {
+    getattr(MPI, name)
+    for name in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
+    if hasattr(MPI, name)
+}
+POLL_MAX_SLEEP = 1e-3
+
+
+def ulfm_enabled() -> bool:
+    """Did mpirun start us with --with-ft ulfm (Open MPI's fault-tolerance switch)?"""
+    return os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() in ("1", "true", "yes")
+
+
+def is_proc_failure(exc: MPI.Exception) -> bool:
+    return exc.Get_error_class() in PROC_FAILED
 
 
 @dataclass(eq=False)
@@ -64,10 +93,17 @@ class Pending:
     shape: tuple[int, ...]
     row: dict  # its subtask trace row, completed on arrival
     late: bool = False  # still open when its round decoded
+    timed_out: bool = False  # missed the round's deadline (it may still reply)
+    done: bool = False  # its receive completed (a reply, a notice, or the worker's death)
 
-    @property
-    def arrived(self) -> bool:
-        return self.row.get("arrival_t") is not None
+
+@dataclass(eq=False)
+class ErrorChannel:
+    """The receive a worker's exception report lands in (one per worker)."""
+
+    rank: int
+    request: MPI.Request
+    buffer: bytearray
 
 
 @dataclass
@@ -93,7 +129,11 @@ class Round:
         return data_tag(self.round_id)
 
     def open(self) -> list[Pending]:
-        return [p for p in self.pending if not p.arrived]
+        return [p for p in self.pending if not p.done]
+
+    def waiting(self) -> list[Pending]:
+        """Open receives that can still help this round (not past its deadline)."""
+        return [p for p in self.open() if not p.timed_out]
 
     def busy(self, rank: int) -> int:
         return sum(p.rank == rank for p in self.open())
@@ -113,16 +153,33 @@ class MasterEngine(Engine):
         scheme: str = "cocoi",
         scenario: Scenario | None = None,
         seed: int = 0,
+        round_timeout: float | None = None,
+        crashes: Sequence[Crash] = (),
+        interrupted: Callable[[], str | None] = lambda: None,
     ):
         super().__init__(len(workers), k, code, systematic, clock=MPI.Wtime, scheme=scheme)
         self.comm, self.workers = comm, list(workers)
         self.seed = seed
         self.faults = FaultModel(scenario or Scenario(), self.workers, seed, silent)
+        self.round_timeout = round_timeout  # seconds; None waits as long as it takes
+        self.layer_timeouts: dict[str, float] = {}  # per layer, from the plan (auto)
+        self.crashes = list(crashes)
+        self.interrupted = interrupted  # the signal's name once one arrived, else None
         self.late: list[Pending] = []
         self.sends: list[tuple[MPI.Request, object]] = []
         self.resolved: list[dict] = []  # late rows resolved, appended with the next rows
-        self.err_buf = bytearray(ERROR_BYTES)
-        self.err_req = comm.Irecv(self.err_buf, source=MPI.ANY_SOURCE, tag=ERROR)
+        self.dead: dict[int, dict] = {}  # rank -> when its death was detected
+        self.unresponsive: list[int] = []  # ranks that never closed their replies
+        self.later_errors: list[str] = []  # worker errors reported while shutting down
+        self.errors = {r: self.post_error_channel(r) for r in self.workers}
+        self.stopping = False  # shutdown began: worker errors are logged, not raised
+
+    def post_error_channel(self, rank: int) -> ErrorChannel:
+        buf = bytearray(ERROR_BYTES)
+        return ErrorChannel(rank, self.comm.Irecv(buf, source=rank, tag=ERROR), buf)
+
+    def live_workers(self) -> list[int]:
+        return [r for r in self.workers if r not in self.dead]
 
     @property
     def silent(self) -> frozenset:
@@ -169,14 +226,18 @@ class MasterEngine(Engine):
         rnd = Round(round_id, spec, prep, code, reply_shape(spec, prep, code))
         rnd.fault_key = self.fault_key
         t0 = self.now()
-        for i in range(code.n):
-            self.issue(rnd, i, self.workers[i % len(self.workers)])
+        lost = [i for i in range(code.n) if not self.issue(rnd, i, self.assign(i))]
         rnd.issued = code.n
-        t_sent = self.now()
-        rest = rest_output(spec, prep)
-        t_rest = self.now()
         try:
+            for index in lost:  # workers known dead: re-send only once all n are out
+                self.resend_if_needed(rnd, index)
+            t_sent = self.now()
+            rest = rest_output(spec, prep)
+            t_rest = self.now()
             self.collect(rnd)
+        except RoundShortfall as exc:
+            exc.rows = rnd.rows + exc.rows
+            raise
         finally:  # posted receives own their buffers until completed, error or not
             open_ = rnd.open()
             self.close_round(round_id, open_)
@@ -193,17 +254,25 @@ class MasterEngine(Engine):
             ranks=rnd.ranks,
         )
 
+    def assign(self, index: int) -> int:
+        """Subtask i goes to worker i (mod n), dead or alive: a dead one's subtask is
+        lost at once, which is what the code was built to tolerate."""
+        return self.workers[index % len(self.workers)]
+
     def subtask_input(self, rnd: Round, index: int) -> np.ndarray:
         if index < rnd.prep.coded.shape[0]:
             return rnd.prep.coded[index].numpy()
         pieces = rnd.prep.pieces
         return rnd.code.subtask_input(pieces, index).contiguous().numpy()
 
-    def issue(self, rnd: Round, index: int, rank: int) -> None:
-        """Send subtask ``index`` to ``rank`` and post the receive for its reply."""
+    def issue(self, rnd: Round, index: int, rank: int) -> bool:
+        """Send subtask ``index`` to ``rank`` and post the receive for its reply.
+
+        Returns False when the subtask is lost at once (a silent or dead worker)."""
         payload = self.subtask_input(rnd, index)
         out_bytes = payload.itemsize * int(np.prod(rnd.out_shape))
         fault = self.faults.fault(rnd.fault_key, index, rank, payload.nbytes, out_bytes)
+        crash = self.due_crash(rank)
         task = Task(
             rnd.round_id,
             layer_id(rnd.spec),
@@ -215,9 +284,9 @@ class MasterEngine(Engine):
             fault.send_delay,
             fault.slowdown,
             masks_for(rnd.spec, rnd.prep, index),
+            crash.kind if crash else "",
+            crash.hang_s if crash else 0.0,
         )
-        self.sends.append((self.comm.isend(task, dest=rank, tag=CTRL), None))
-        self.sends.append((self.comm.Isend(payload, dest=rank, tag=rnd.tag), payload))
         row = dict(
             request=self.request,
             round=rnd.round_id,
@@ -229,46 +298,102 @@ class MasterEngine(Engine):
             slowdown=fault.slowdown,
             sent_t=self.now(),
         )
-        if fault.fail == "silent":  # never replies: nothing to receive
-            rnd.rows.append({**row, "status": "failed"})
-            rnd.failed.add(index)
-            rnd.down.add(rank)
-            return
-        buf = reply_buffer(rnd.out_shape, task.dtype)
-        req = self.comm.Irecv(buf, source=rank, tag=rnd.tag)
+        if rank in self.dead:
+            return self.lose(rnd, index, rank, {**row, "status": "dead"})
+        try:
+            self.sends.append((self.comm.isend(task, dest=rank, tag=CTRL), None))
+            self.sends.append((self.comm.Isend(payload, dest=rank, tag=rnd.tag), payload))
+            if fault.fail == "silent":  # never replies: nothing to receive
+                return self.lose(rnd, index, rank, {**row, "status": "failed"})
+            buf = reply_buffer(rnd.out_shape, task.dtype)
+            req = self.comm.Irecv(buf, source=rank, tag=rnd.tag)
+        except MPI.Exception as exc:  # ULFM: the peer died after our last look
+            if not is_proc_failure(exc):
+                raise
+            self.mark_dead(rank)
+            return self.lose(rnd, index, rank, {**row, "status": "dead"})
         rnd.pending.append(Pending(index, rank, req, buf, rnd.out_shape, row))
+        return True
+
+    def due_crash(self, rank: int) -> Crash | None:
+        """The fault drill this worker runs on its next subtask, if its request came."""
+        for crash in self.crashes:
+            if crash.rank == rank and crash.request <= self.request:
+                self.crashes.remove(crash)
+                return crash
+        return None
+
+    def lose(self, rnd: Round, index: int, rank: int, row: dict) -> bool:
+        """Record a subtask that will never reply; False, for issue's caller."""
+        rnd.rows.append(row)
+        rnd.failed.add(index)
+        rnd.down.add(rank)
+        return False
 
     def collect(self, rnd: Round) -> None:
-        """Waitsome until the scheme can decode, re-sending and streaming as it asks."""
+        """Wait until the scheme can decode, re-sending and streaming as it asks.
+
+        A subtask still open at the round's deadline counts as failed for the round
+        (its receive stays posted: a late reply is still recorded)."""
         code = rnd.code
+        deadline = self.deadline(rnd)
         while not code.decodable(rnd.outputs):
-            waiting = rnd.open()
+            waiting = rnd.waiting()
             if not waiting:
-                raise RoundFailed(
-                    f"only {len(rnd.outputs)} of {code.n} subtasks replied; "
+                raise RoundShortfall(
+                    f"round {rnd.round_id} ({rnd.spec.name}): {len(rnd.outputs)} of "
+                    f"{code.n} subtasks replied and no live worker is left to ask; "
                     f"{code.describe()} cannot decode"
                 )
-            for p in self.wait_some(waiting):
-                rnd.rows.append(p.row)
-                if p.row["status"] == "failed":
+            finished = self.wait_some(waiting, deadline)
+            if finished is None:
+                self.time_out(rnd, waiting)
+                deadline = self.deadline(rnd)
+                continue
+            for p in finished:
+                if p.row["status"] in ("failed", "dead"):
+                    rnd.rows.append(p.row)
                     self.on_failure(rnd, p)
                 elif p.row["status"] != "skipped":
-                    rnd.outputs[p.index] = torch.from_numpy(p.buffer[: -len(TRAILER)]).view(p.shape)
+                    rnd.rows.append(p.row)
+                    out = p.buffer[: -len(TRAILER)]
+                    rnd.outputs[p.index] = torch.from_numpy(out).view(p.shape)
                     rnd.ranks[p.index] = p.rank
                     self.on_reply(rnd, p)
+                else:
+                    rnd.rows.append(p.row)
+
+    def deadline(self, rnd: Round) -> float | None:
+        timeout = self.layer_timeouts.get(rnd.spec.name, self.round_timeout)
+        return None if timeout is None else self.now() + timeout
+
+    def time_out(self, rnd: Round, waiting: list[Pending]) -> None:
+        """The deadline passed: every open subtask of the round counts as failed."""
+        for p in waiting:
+            p.timed_out = True
+            p.row["status"] = "timeout"
+            rnd.failed.add(p.index)
+            rnd.down.add(p.rank)
+        for p in waiting:
+            self.resend_if_needed(rnd, p.index)
 
     def on_failure(self, rnd: Round, p: Pending) -> None:
-        """A worker said it failed: re-send its input elsewhere if the scheme needs it."""
+        """A worker failed (said so, or died): re-send its input if the scheme needs it."""
         rnd.failed.add(p.index)
         rnd.down.add(p.rank)
-        pending = {q.index for q in rnd.open()}
-        if not rnd.code.needs_resend(p.index, rnd.outputs, pending):
+        self.resend_if_needed(rnd, p.index)
+
+    def resend_if_needed(self, rnd: Round, index: int) -> None:
+        pending = {q.index for q in rnd.waiting()}
+        if not rnd.code.needs_resend(index, rnd.outputs, pending):
             return
-        live = [r for r in self.workers if r not in rnd.down and r not in self.silent]
+        down = rnd.down | set(self.dead) | self.silent
+        live = [r for r in self.workers if r not in down]
         if not live:
-            raise RoundFailed(f"round {rnd.round_id}: every worker failed")
+            return  # collect finds nothing to wait for and reports the shortfall
         target = min(live, key=lambda r: (rnd.busy(r), self.workers.index(r)))
-        self.issue(rnd, p.index, target)
+        if not self.issue(rnd, index, target):
+            self.resend_if_needed(rnd, index)
 
     def on_reply(self, rnd: Round, p: Pending) -> None:
         """Streaming schemes give the worker that just answered another subtask."""
@@ -279,41 +404,105 @@ class MasterEngine(Engine):
             rnd.issued += 1
             self.issue(rnd, index, p.rank)
 
-    def wait_some(self, waiting: list[Pending]) -> list[Pending]:
-        """One Waitsome over errors, this round and the late pool; returns this round's."""
+    def wait_some(self, waiting: list[Pending], deadline: float | None) -> list[Pending] | None:
+        """Poll the error channels, this round and the late pool until something
+        completes; returns this round's finished receives, or None at the deadline."""
+        pause = 1e-5
+        while True:
+            mine = self.test_some(waiting)
+            if mine is not None:
+                return mine
+            if (signame := self.interrupted()) is not None:
+                raise Interrupted(f"stopped by {signame}")
+            if deadline is not None and self.now() >= deadline:
+                return None
+            time.sleep(pause)
+            pause = min(2 * pause, POLL_MAX_SLEEP)
+
+    def test_some(self, waiting: list[Pending]) -> list[Pending] | None:
+        """One Testsome; None if nothing completed. Late replies are recorded, this
+        round's are returned, a worker's error report raises WorkerError."""
+        channels = list(self.errors.values())
         pool = waiting + self.late
-        requests = [self.err_req] + [p.request for p in pool]
-        statuses = [MPI.Status() for _ in requests]
-        done = MPI.Request.Waitsome(requests, statuses) or []
+        items = channels + pool
+        completed = test_requests([item.request for item in items], expect=source_of(items))
+        if not completed:
+            return None
         t = self.now()
-        mine, error = [], None
-        for j, idx in enumerate(done):  # statuses[j] belongs to requests[done[j]]
-            if idx == 0:
-                error = decode_error(self.err_buf, statuses[j].Get_count(MPI.BYTE))
+        mine, report = [], None
+        for idx, status, error in completed:
+            item = items[idx]
+            if isinstance(item, ErrorChannel):
+                report = report or self.on_error_channel(item, status, error)
                 continue
-            p = pool[idx - 1]
-            finish_row(p, statuses[j], t)
-            if p.late:
-                self.late.remove(p)
-                self.resolved.append(mark_late(p.row))
+            finish_row(item, status, t, error)
+            if error is not None:
+                self.mark_dead(item.rank)
+            if item.late:
+                self.late.remove(item)
+                self.resolved.append(mark_late(item.row))
             else:
-                mine.append(p)
-        if error is not None:  # only after every completed request is recorded
-            raise WorkerError(error)
+                mine.append(item)
+        if report is not None:  # only after every completed request is recorded
+            if self.stopping:  # the run already ended (maybe for this very error)
+                self.later_errors.append(report)
+            else:
+                raise WorkerError(report)
         return mine
+
+    def on_error_channel(self, channel: ErrorChannel, status: MPI.Status, error) -> str | None:
+        """A worker's error report (its text), or its death (None: handled as dead)."""
+        del self.errors[channel.rank]
+        if error is not None:
+            self.mark_dead(channel.rank)
+            return None
+        self.errors[channel.rank] = self.post_error_channel(channel.rank)  # it may report again
+        return decode_error(channel.buffer, status.Get_count(MPI.BYTE))
+
+    def mark_dead(self, rank: int) -> None:
+        """ULFM told us ``rank`` failed: acknowledge it and never send to it again."""
+        if rank in self.dead:
+            return
+        self.dead[rank] = dict(
+            rank=rank, request=self.request, round=self.round, t=self.now(), wall=time.time()
+        )
+        try:
+            self.comm.Ack_failed()
+        except (MPI.Exception, NotImplementedError, AttributeError):
+            pass  # an MPI without MPIX_Comm_ack_failed: nothing to acknowledge
+        channel = self.errors.pop(rank, None)
+        if channel is not None and channel.request:
+            cancel(channel.request)
 
     def close_round(self, round_id: int, open_: list[Pending]) -> None:
         """Tell workers still owing a reply that the round is decoded; keep their receives."""
-        for rank in sorted({p.rank for p in open_}):
-            self.sends.append((self.comm.isend(Done((round_id,)), dest=rank, tag=CTRL), None))
+        for rank in sorted({p.rank for p in open_} - set(self.dead)):
+            self.post_control(Done((round_id,)), rank)
         for p in open_:
             p.late = True
         self.late.extend(open_)
         self.reap_sends()
 
+    def post_control(self, message: object, rank: int) -> None:
+        """A control message; a worker that died meanwhile is marked dead, not an error."""
+        try:
+            self.sends.append((self.comm.isend(message, dest=rank, tag=CTRL), None))
+        except MPI.Exception as exc:
+            if not is_proc_failure(exc):
+                raise
+            self.mark_dead(rank)
+
     def reap_sends(self) -> None:
-        """Forget sends that completed; their buffers can go."""
-        self.sends = [(req, buf) for req, buf in self.sends if not req.Test()]
+        """Forget sends that completed (or whose peer died); their buffers can go."""
+        kept = []
+        for req, buf in self.sends:
+            try:
+                if not req.Test():
+                    kept.append((req, buf))
+            except MPI.Exception as exc:
+                if not is_proc_failure(exc):
+                    raise
+        self.sends = kept
 
     def take_resolved(self) -> list[dict]:
         rows, self.resolved = self.resolved, []
@@ -321,61 +510,138 @@ class MasterEngine(Engine):
 
     def poll_late(self) -> None:
         """Record late replies that came in since the last wait (between requests)."""
-        if not self.late:
-            return
-        requests = [p.request for p in self.late]
-        statuses = [MPI.Status() for _ in requests]
-        done = MPI.Request.Testsome(requests, statuses) or []
-        t = self.now()
-        finished = sorted(zip(done, statuses, strict=False), key=lambda d: -d[0])
-        for idx, status in finished:  # pop from the end so indices stay valid
-            p = self.late.pop(idx)
-            finish_row(p, status, t)
-            self.resolved.append(mark_late(p.row))
+        if self.late:
+            self.test_some([])
         self.subtasks.extend(self.take_resolved())
 
     def shutdown(self, timeout: float = 60.0) -> list[dict]:
-        """Stop workers, wait for every open reply and send, gather the worker logs."""
-        for rank in self.workers:
-            self.sends.append((self.comm.isend(Stop(), dest=rank, tag=CTRL), None))
+        """Stop the live workers, wait for every open reply and send, collect their logs.
+
+        Workers that never close their replies within ``timeout`` are listed in
+        ``unresponsive`` and ShutdownTimeout is raised: only an abort ends them."""
+        self.stopping = True
+        for rank in self.live_workers():
+            self.post_control(Stop(), rank)
         deadline = time.monotonic() + timeout
-        while self.late or self.sends:
+        logs: dict[int, dict] = {}
+        while self.late or self.sends or len(logs) < len(self.live_workers()):
             self.poll_late()
             self.reap_sends()
+            self.receive_logs(logs)
             if time.monotonic() > deadline:
+                owing = {p.rank for p in self.late} | (set(self.live_workers()) - set(logs))
+                self.unresponsive = sorted(owing - set(self.dead))
+                self.close_unresolved()
                 raise ShutdownTimeout(
-                    f"{len(self.late)} replies and {len(self.sends)} sends still open after "
-                    f"{timeout:.0f} s at shutdown"
+                    f"worker rank(s) {self.unresponsive} still owed {len(self.late)} replies "
+                    f"or their log {timeout:.0f} s after the run ended"
                 )
-            time.sleep(0.001)
-        if self.err_req:  # still posted (no worker reported an error)
-            self.err_req.Cancel()
-            self.err_req.Wait()
-        logs = self.comm.gather(None, root=0)
-        return [log for log in logs if log is not None]
+            time.sleep(POLL_MAX_SLEEP)
+        for channel in self.errors.values():  # still posted: no error came from it
+            cancel(channel.request)
+        self.errors = {}
+        return [logs[r] for r in sorted(logs)]
+
+    def receive_logs(self, logs: dict[int, dict]) -> None:
+        """Take each live worker's end-of-run log once it has sent it."""
+        for rank in self.live_workers():
+            if rank in logs:
+                continue
+            try:
+                if self.comm.Iprobe(source=rank, tag=LOG):
+                    logs[rank] = self.comm.recv(source=rank, tag=LOG)
+            except MPI.Exception as exc:
+                if not is_proc_failure(exc):
+                    raise
+                self.mark_dead(rank)
+
+    def close_unresolved(self) -> None:
+        """At a shutdown timeout, keep the rows of replies that never came."""
+        for p in self.late:
+            p.row.setdefault("status", "timeout")
+            self.resolved.append(mark_late(p.row))
+        self.subtasks.extend(self.take_resolved())
+
+
+def test_requests(requests: list[MPI.Request], expect: list[int | None]) -> list[tuple]:
+    """Testsome that survives dead peers: [(index, status, error class or None)].
+
+    Under ULFM, Testsome raises MPI_ERR_IN_STATUS when a peer died; the requests it
+    completed are those now null, and its statuses are theirs in completion order.
+    Statuses are matched to requests by source (``expect``: each request's peer),
+    which needs no assumption about that order within different peers."""
+    statuses = [MPI.Status() for _ in requests]
+    try:
+        done = MPI.Request.Testsome(requests, statuses) or []
+    except MPI.Exception as exc:
+        if exc.Get_error_class() != MPI.ERR_IN_STATUS and not is_proc_failure(exc):
+            raise
+        return sort_out_failures(requests, statuses, expect)
+    return [(idx, statuses[j], None) for j, idx in enumerate(done)]
+
+
+def sort_out_failures(requests, statuses, expect) -> list[tuple]:
+    """Attribute the statuses of a failed Testsome to the requests it completed."""
+    completed = [i for i, req in enumerate(requests) if not req]
+    used = statuses[: len(completed)]
+    out, left = [], list(completed)
+    for status in used:  # successes carry their source; failures may not
+        if status.Get_error() == MPI.SUCCESS:
+            idx = next((i for i in left if expect[i] == status.Get_source()), left[0])
+            left.remove(idx)
+            out.append((idx, status, None))
+    failures = [s for s in used if s.Get_error() != MPI.SUCCESS]
+    for idx, status in zip(left, failures, strict=False):
+        out.append((idx, status, status.Get_error()))
+    return sorted(out, key=lambda t: t[0])
+
+
+def source_of(items: list) -> list[int]:
+    return [item.rank for item in items]
+
+
+def cancel(request: MPI.Request) -> None:
+    """Cancel a posted receive and wait for it; a dead peer's request just goes."""
+    try:
+        if request:
+            request.Cancel()
+            request.Wait()
+    except MPI.Exception as exc:
+        if not is_proc_failure(exc):
+            raise
 
 
 def mark_late(row: dict) -> dict:
-    """A reply that came after its round decoded: 'late', or 'skipped' if the worker
-    skipped it on hearing the round was done."""
-    if row["status"] not in ("skipped", "failed"):
+    """A reply that came after its round decoded: 'late', unless the worker skipped
+    it, failed, died, or missed the round's deadline (those statuses stay)."""
+    if row["status"] == "replied":
         row["status"] = "late"
     return row
 
 
-def finish_row(p: Pending, status: MPI.Status, t: float) -> None:
-    """Fill a subtask row from its reply: arrival, worker durations, or its notice."""
+def finish_row(p: Pending, status: MPI.Status, t: float, error: int | None = None) -> None:
+    """Fill a subtask row from its reply: arrival, worker durations, or its notice.
+    ``error``: the request failed because the worker died (ULFM)."""
+    p.done = True
+    if error is not None:
+        p.row["status"] = "dead"
+        return
     count = status.Get_elements(from_numpy_dtype(p.buffer.dtype))
     p.row["arrival_t"] = t
+    keep = p.row.get("status") == "timeout"
     if count == len(TRAILER):
         code = float(p.buffer[0])
-        p.row["status"] = "failed" if code == FAILED else "skipped"
+        if not keep:
+            p.row["status"] = "failed" if code == FAILED else "skipped"
         return
-    recv_s, queue_s, compute_s, delay_s = (float(v) for v in p.buffer[count - len(TRAILER) : count])
+    recv_s, queue_s, compute_s, delay_s, rss_mb = (
+        float(v) for v in p.buffer[count - len(TRAILER) : count]
+    )
     p.row.update(
-        status="replied",
+        status="timeout" if keep else "replied",
         worker_recv_s=recv_s,
         worker_queue_s=queue_s,
         worker_compute_s=compute_s,
         worker_slept_s=delay_s,
+        worker_rss_mb=rss_mb,
     )

@@ -5,23 +5,30 @@ Tensors travel as raw contiguous buffers on a per-round data tag, so a late repl
 can never be matched to a later round. Every task gets exactly one reply: the
 result, or a trailer-only "skipped" reply, so the master never leaves a receive
 unmatched and a worker's large send never blocks forever. Worker errors travel as
-raw UTF-8 bytes on tag ERROR, so the master's wait can include them.
+raw UTF-8 bytes on tag ERROR, so the master's wait can include them; the master posts
+one error receive per worker (not one from ANY_SOURCE), so under ULFM a dead worker
+fails only its own requests. At the end each worker sends its log on tag LOG
+(point to point: a collective would fail or hang once a worker is dead).
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 CTRL = 1
 ERROR = 2
+LOG = 3
 DATA_BASE = 100
 DATA_SPAN = 30000  # MPI guarantees tags up to 32767
 ERROR_BYTES = 4096
 
-# Worker-side durations appended to every reply: receive, queue, compute, injected delay.
-TRAILER = ("recv_s", "queue_s", "compute_s", "delay_s")
+# Appended to every reply: the worker's receive, queue, compute and injected-delay
+# durations, and its resident memory (MB) when it replied (the soak's leak check).
+TRAILER = ("recv_s", "queue_s", "compute_s", "delay_s", "rss_mb")
 # A trailer-only reply carries one of these codes in its first slot instead.
 SKIPPED = -1.0  # the round was decoded before the worker got to it
 FAILED = -2.0  # the worker failed this subtask (simulated failure that signals itself)
@@ -61,6 +68,8 @@ class Task:
     send_delay: float = 0.0  # emulated output transmission (+ straggling) before replying
     slowdown: float = 1.0  # compute made this many times slower (a straggling device)
     masks: tuple = ()  # conv block, systematic piece: valid columns before each inner conv
+    crash: str = ""  # fault drill (--crash): "kill" SIGKILLs the worker, "exit" exits it,
+    hang_s: float = 0.0  # and "hang" makes it unresponsive for hang_s seconds
 
 
 @dataclass(frozen=True)
@@ -78,6 +87,19 @@ class Stop:
 def reply_buffer(shape: tuple[int, ...], dtype: str) -> np.ndarray:
     """A receive buffer for one reply: the flat output followed by the trailer."""
     return np.empty(int(np.prod(shape)) + len(TRAILER), dtype=dtype)
+
+
+def resident_mb() -> float:
+    """This process's resident memory now (Linux /proc), else its peak (getrusage)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            pages = int(statm.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, B on macOS
+        return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
 def encode_error(text: str) -> bytearray:

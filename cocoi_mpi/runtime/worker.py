@@ -3,11 +3,15 @@
 The worker holds only the weights of the type-1 convs (VGG16's classifier never
 leaves the master). It drains control messages before computing and again before
 sending, so a task whose round is already decoded is skipped, not computed or sent.
+SIGTERM and SIGINT do not stop a worker: the master decides when the run ends and
+tells every worker with Stop (under mpirun or srun every rank gets the signal).
 """
 
 from __future__ import annotations
 
+import os
 import resource
+import signal
 import socket
 import time
 import traceback
@@ -25,6 +29,7 @@ from .protocol import (
     CTRL,
     ERROR,
     FAILED,
+    LOG,
     SKIPPED,
     TRAILER,
     Done,
@@ -33,6 +38,7 @@ from .protocol import (
     Task,
     data_tag,
     encode_error,
+    resident_mb,
 )
 
 
@@ -111,6 +117,9 @@ class WorkerLoop:
 
     def handle(self, item: Queued) -> None:
         task = item.task
+        if task.crash:
+            crash(task)
+            self.drain(block=False)
         if task.fail == "silent":
             return
         if task.fail == "notice":
@@ -120,6 +129,8 @@ class WorkerLoop:
         slept = self.pause(task.recv_delay)
         t0 = MPI.Wtime()
         try:
+            if task.crash == "raise":
+                raise RuntimeError("fault drill: --crash raise")
             with torch.no_grad():
                 x = torch.from_numpy(item.payload)
                 out = compute(self.specs[task.layer_id], x, task.masks)
@@ -147,7 +158,7 @@ class WorkerLoop:
     def send_reply(self, task: Task, flat: np.ndarray, trailer: tuple) -> None:
         buf = np.empty(flat.size + len(TRAILER), dtype=task.dtype)
         buf[: flat.size] = flat
-        buf[flat.size :] = trailer
+        buf[flat.size :] = (*trailer, resident_mb())
         t0 = MPI.Wtime()
         self.comm.Send(buf, dest=0, tag=data_tag(task.round))
         self.sends.append((task.round, task.row, MPI.Wtime() - t0))
@@ -177,8 +188,27 @@ class WorkerLoop:
         )
 
 
+def crash(task: Task) -> None:
+    """The --crash fault drill: die for real (SIGKILL, or exit without a signal), or
+    stop answering for a while without dying."""
+    if task.crash == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif task.crash == "exit":
+        os._exit(1)
+    elif task.crash == "hang":
+        time.sleep(task.hang_s)
+
+
+def keep_serving_on_signals() -> None:
+    """The master answers SIGTERM/SIGINT for the whole run; a worker dying on them
+    would only turn a clean stop into a failure."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+
+
 def run_worker(comm: MPI.Comm) -> None:
     """A worker's whole life: setup, serve, hand the log to the master."""
+    keep_serving_on_signals()
     specs = receive_layers(comm)
     if specs is None:
         return
@@ -193,4 +223,4 @@ def run_worker(comm: MPI.Comm) -> None:
         for item in loop.queue:
             if item.task.fail != "silent":
                 loop.reply_code(item.task, SKIPPED)
-    comm.gather(loop.log(), root=0)
+    comm.send(loop.log(), dest=0, tag=LOG)
