@@ -198,6 +198,7 @@ class Engine:
                 total_s=self.now() - t_start,
                 n_failed=failed,
                 fallback=True,
+                **dict.fromkeys(("split_s", "encode_s", "decode_s", "merge_s"), 0.0),
             )
         )
         return out

@@ -153,7 +153,11 @@ def main(config_file, input_, **options) -> None:
     except ConfigError as exc:
         error(rank, str(exc))
         sys.exit(2)
-    sys.exit(launch(cfg, world, rank))
+    code = launch(cfg, world, rank)
+    from .runtime.job import guard_finalize
+
+    guard_finalize(code)
+    sys.exit(code)
 
 
 def launch(cfg, world, rank: int) -> int:

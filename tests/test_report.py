@@ -186,9 +186,7 @@ def test_layer_table(trace_path: Path) -> None:
 
 def test_subtask_summary(trace_path: Path) -> None:
     text = summarize(read_trace(trace_path))
-    assert (
-        "used 3 (60.0%)  late 1 (20.0%)  skipped 0 (0.0%)  failed 1 (20.0%)\n"
-    ) in text
+    assert ("used 3 (60.0%)  late 1 (20.0%)  skipped 0 (0.0%)  failed 1 (20.0%)\n") in text
     assert "recv 2.00 ms  compute 10.00 ms  send - ms" in text
     worker3 = next(line for line in text.splitlines() if line.split()[:2] == ["3", "2"])
     assert worker3.split()[2:7] == ["0", "1", "0", "1", "0"]

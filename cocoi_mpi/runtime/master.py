@@ -432,6 +432,8 @@ class MasterEngine(Engine):
         mine, report = [], None
         for idx, status, error in completed:
             item = items[idx]
+            if error is None and status.Get_count(MPI.BYTE) == 0:
+                error = self.empty_completion(item.rank)
             if isinstance(item, ErrorChannel):
                 report = report or self.on_error_channel(item, status, error)
                 continue
@@ -450,9 +452,31 @@ class MasterEngine(Engine):
                 raise WorkerError(report)
         return mine
 
+    def empty_completion(self, rank: int) -> int:
+        """No message of ours is empty: a request that completed with nothing in it
+        was failed by ULFM without an error code in its status (Open MPI does this
+        for some requests). The failed group says so; the rank is dead either way."""
+        for dead in self.failed_ranks() | {rank}:
+            self.mark_dead(dead)
+        return getattr(MPI, "ERR_PROC_FAILED", -1)
+
+    def failed_ranks(self) -> set[int]:
+        """Ranks of this communicator that ULFM reports failed (empty without ULFM)."""
+        try:
+            group = self.comm.Get_failed()
+        except (MPI.Exception, NotImplementedError, AttributeError):
+            return set()
+        try:
+            world = self.comm.Get_group()
+            ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world)
+            world.Free()
+        finally:
+            group.Free()
+        return {r for r in ranks if r != MPI.UNDEFINED}
+
     def on_error_channel(self, channel: ErrorChannel, status: MPI.Status, error) -> str | None:
         """A worker's error report (its text), or its death (None: handled as dead)."""
-        del self.errors[channel.rank]
+        self.errors.pop(channel.rank, None)
         if error is not None:
             self.mark_dead(channel.rank)
             return None
@@ -577,7 +601,16 @@ def test_requests(requests: list[MPI.Request], expect: list[int | None]) -> list
         if exc.Get_error_class() != MPI.ERR_IN_STATUS and not is_proc_failure(exc):
             raise
         return sort_out_failures(requests, statuses, expect)
-    return [(idx, statuses[j], None) for j, idx in enumerate(done)]
+    return [(idx, statuses[j], failure_in(statuses[j])) for j, idx in enumerate(done)]
+
+
+def failure_in(status: MPI.Status) -> int | None:
+    """A request can complete with its peer's death in its status even when Testsome
+    itself returns success (Open MPI's ULFM does this for some requests)."""
+    error = status.Get_error()
+    if error == MPI.SUCCESS:
+        return None
+    return error if MPI.Get_error_class(error) in PROC_FAILED else None
 
 
 def sort_out_failures(requests, statuses, expect) -> list[tuple]:
