@@ -37,8 +37,3 @@ class SignalFlag:
     def name(self) -> str | None:
         """The signal's name (e.g. 'SIGTERM') once one arrived, else None."""
         return None if self.signum is None else signal.Signals(self.signum).name
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention for 'ended by signal N': 128 + N."""
-        return 128 + (self.signum or 0)
