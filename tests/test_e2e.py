@@ -26,13 +26,19 @@ MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found next to python")
 
 
-def mpirun(np_: int, *args: str, timeout: int = 300, cwd: Path | None = None):
-    """Run `mpirun -np N python -m cocoi_mpi.run ARGS`; returns the CompletedProcess."""
+def mpi_env(**extra: str) -> dict:
+    """This environment, plus what mpirun needs here (tests on PYTHONPATH, root, no ofi)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     env.setdefault("OMPI_MCA_btl", "^ofi")
     if os.geteuid() == 0:
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    return {**env, **extra}
+
+
+def mpirun(np_: int, *args: str, timeout: int = 300, cwd: Path | None = None):
+    """Run `mpirun -np N python -m cocoi_mpi.run ARGS`; returns the CompletedProcess."""
+    env = mpi_env()
     cmd = [
         MPIRUN,
         "-np",

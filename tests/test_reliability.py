@@ -18,23 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_e2e import MPIRUN, assert_matches_local, error_lines
+from test_e2e import MPIRUN, assert_matches_local, error_lines, mpi_env
 
 from cocoi_mpi.traces import read_trace
 
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found next to python")
 
-HERE = Path(__file__).resolve().parent
 
-
-def mpi_env(marker: str = "") -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
-    env.setdefault("OMPI_MCA_btl", "^ofi")
-    env["COCOI_TEST_MARKER"] = marker  # lets a test find its own ranks in /proc
-    if os.geteuid() == 0:
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    return env
+def marked_env(marker: str) -> dict:
+    """mpirun's environment with a marker that lets a test find its ranks in /proc."""
+    return mpi_env(COCOI_TEST_MARKER=marker)
 
 
 # A crash that exits without a signal is seen only by the heartbeat detector.
@@ -132,7 +125,7 @@ def test_external_sigkill_mid_run_is_survived(tmp_path):
     marker = f"cocoi-{os.getpid()}-{time.time_ns()}"
     cmd = command(5, *lenet(out, 400, "--k", "2", "--seed", "2"), ulfm=True)
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env(marker)
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=marked_env(marker)
     )
     try:
         wait_for_line(proc, "request 20/")
@@ -269,7 +262,7 @@ def test_sigterm_closes_trace_as_incomplete(tmp_path, target):
     marker = f"cocoi-{os.getpid()}-{time.time_ns()}"
     cmd = command(4, *lenet(out, 5000))
     proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mpi_env(marker)
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=marked_env(marker)
     )
     try:
         wait_for_line(proc, "request 10/")

@@ -29,7 +29,7 @@ from ..inputs import check_shape, load_input, seeded_inputs
 from ..models import MODELS, build_model, input_shape, load_weights
 from ..sweep import Cell, cells, parse_sweep
 from ..traces import TraceWriter
-from .master import Interrupted, MasterEngine, ShutdownTimeout, ulfm_enabled
+from .master import Interrupted, MasterEngine, ShutdownTimeout, failed_ranks, ulfm_enabled
 from .protocol import resident_mb
 from .signals import SignalFlag
 from .worker import run_worker
@@ -60,13 +60,7 @@ def guard_finalize(exit_code: int) -> None:
     the failed group is not empty every rank leaves without Finalize, once its output
     is flushed: the trace is already closed and mpirun still sees the exit code
     (8 of 8 runs ended with 0, against 2 hangs in 8 with Finalize)."""
-    try:
-        group = MPI.COMM_WORLD.Get_failed()
-        failures = group.Get_size()
-        group.Free()
-    except (MPI.Exception, NotImplementedError, AttributeError):
-        return
-    if failures:
+    if failed_ranks(MPI.COMM_WORLD):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)

@@ -18,6 +18,7 @@ and replication) and it is never sent to again.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -71,11 +72,28 @@ PROC_FAILED = {
     if hasattr(MPI, name)
 }
 POLL_MAX_SLEEP = 1e-3
+# What Get_failed/Ack_failed raise on an MPI or mpi4py without ULFM's MPIX calls.
+NO_ULFM = (MPI.Exception, NotImplementedError, AttributeError)
 
 
 def ulfm_enabled() -> bool:
     """Did mpirun start us with --with-ft ulfm (Open MPI's fault-tolerance switch)?"""
     return os.environ.get("OMPI_MCA_mpi_ft_enable", "").lower() in ("1", "true", "yes")
+
+
+def failed_ranks(comm: MPI.Comm) -> set[int]:
+    """Ranks of ``comm`` that ULFM reports failed (empty without ULFM)."""
+    try:
+        group = comm.Get_failed()
+    except NO_ULFM:
+        return set()
+    try:
+        world = comm.Get_group()
+        ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world)
+        world.Free()
+    finally:
+        group.Free()
+    return {r for r in ranks if r != MPI.UNDEFINED}
 
 
 def is_proc_failure(exc: MPI.Exception) -> bool:
@@ -456,23 +474,9 @@ class MasterEngine(Engine):
         """No message of ours is empty: a request that completed with nothing in it
         was failed by ULFM without an error code in its status (Open MPI does this
         for some requests). The failed group says so; the rank is dead either way."""
-        for dead in self.failed_ranks() | {rank}:
+        for dead in failed_ranks(self.comm) | {rank}:
             self.mark_dead(dead)
         return getattr(MPI, "ERR_PROC_FAILED", -1)
-
-    def failed_ranks(self) -> set[int]:
-        """Ranks of this communicator that ULFM reports failed (empty without ULFM)."""
-        try:
-            group = self.comm.Get_failed()
-        except (MPI.Exception, NotImplementedError, AttributeError):
-            return set()
-        try:
-            world = self.comm.Get_group()
-            ranks = MPI.Group.Translate_ranks(group, list(range(group.Get_size())), world)
-            world.Free()
-        finally:
-            group.Free()
-        return {r for r in ranks if r != MPI.UNDEFINED}
 
     def on_error_channel(self, channel: ErrorChannel, status: MPI.Status, error) -> str | None:
         """A worker's error report (its text), or its death (None: handled as dead)."""
@@ -490,10 +494,8 @@ class MasterEngine(Engine):
         self.dead[rank] = dict(
             rank=rank, request=self.request, round=self.round, t=self.now(), wall=time.time()
         )
-        try:
+        with contextlib.suppress(*NO_ULFM):  # without ULFM there is nothing to acknowledge
             self.comm.Ack_failed()
-        except (MPI.Exception, NotImplementedError, AttributeError):
-            pass  # an MPI without MPIX_Comm_ack_failed: nothing to acknowledge
         channel = self.errors.pop(rank, None)
         if channel is not None and channel.request:
             cancel(channel.request)
