@@ -38,8 +38,24 @@ def report(path: str, csv_dir: str | None, plots_dir: str | None) -> None:
 
 
 @main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def merge(out: str, parts: tuple[str, ...]) -> None:
+    """Join a sweep's parts (run with --part I/N, e.g. a Slurm array) into OUT."""
+    from .merge import MergeError, merge_traces
+    from .traces import TraceError
+
+    try:
+        done = merge_traces(out, list(parts))
+    except (MergeError, TraceError) as exc:
+        click.echo(f"cocoi: error: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"merged {done['parts']} parts, {done['requests']} requests -> {done['out']}")
+
+
+@main.command()
 def info() -> None:
-    """Versions of python, torch, mpi4py, the MPI library, h5py and HDF5."""
+    """Versions of python, torch, mpi4py, the MPI library (ULFM?), h5py and HDF5."""
     from .runtime.job import versions
 
     for key, value in versions().items():
@@ -413,23 +429,25 @@ def _train(**o) -> None:
         train_codec,
     )
     from .models import build_model, input_shape, load_weights
+    from .progress import progress
     from .training import accuracy, save_base, train_base
 
     echo = (lambda *a: None) if o["quiet"] else click.echo
     train_set, test_set = load_dataset(o["data"], "train"), load_dataset(o["data"], "test")
     model = build_model(o["model"], seed=o["seed"])
     if o["base"]:
-        log = train_base(
-            model,
-            train_set,
-            test_set,
-            o["epochs"],
-            o["lr"],
-            o["weight_decay"] or 0.0,
-            o["batch_size"],
-            o["seed"],
-            progress=lambda row: echo(_epoch_line(row, o["epochs"])),
-        )
+        with progress(o["epochs"], "train", o["quiet"], unit="epoch") as bar:
+            log = train_base(
+                model,
+                train_set,
+                test_set,
+                o["epochs"],
+                o["lr"],
+                o["weight_decay"] or 0.0,
+                o["batch_size"],
+                o["seed"],
+                progress=lambda row: _epoch_done(bar, echo, row, o["epochs"]),
+            )
         save_base(o["out"], model, o["model"], o["data"], log)
         click.echo(
             f"base {o['model']} on {o['data']}: test accuracy {accuracy(model, test_set):.2f}%"
@@ -465,15 +483,17 @@ def _train(**o) -> None:
         f"codec {cb.codec.arch} for {cb.name}: k={cb.codec.k}, r={cb.codec.r}, pieces "
         f"{cb.codec.in_shape} -> {cb.codec.out_shape}, epochs {state.epoch + 1}..{settings.epochs}"
     )
-    train_codec(
-        model,
-        cb,
-        train_set,
-        settings,
-        state,
-        progress=lambda row: echo(_epoch_line(row, settings.epochs)),
-        save=lambda st: save_codec(o["out"], cb, st),
-    )
+    bar = progress(settings.epochs, "train", o["quiet"], unit="epoch", initial=state.epoch)
+    with bar:
+        train_codec(
+            model,
+            cb,
+            train_set,
+            settings,
+            state,
+            progress=lambda row: _epoch_done(bar, echo, row, settings.epochs),
+            save=lambda st: save_codec(o["out"], cb, st),
+        )
     save_codec(o["out"], cb, state)
     lost = [coded_accuracy(model, [cb], test_set, lost=m) for m in range(cb.codec.r + 1)]
     click.echo(
@@ -483,13 +503,27 @@ def _train(**o) -> None:
     click.echo(f"wrote {o['out']}")
 
 
-def _epoch_line(row: dict, epochs: int) -> str:
+def _epoch_done(bar, echo, row: dict, epochs: int) -> None:
+    """One epoch ended: advance the bar (postfix: loss and accuracies) and print the
+    epoch's line where no bar shows it (cocoi_mpi.progress.echo_line)."""
+    from .progress import echo_line
+
+    bar.set_postfix_str(_epoch_stats(row), refresh=False)
+    bar.update(1)
+    echo_line(bar, echo, _epoch_line(row, epochs))
+
+
+def _epoch_stats(row: dict) -> str:
     extra = "".join(
         f", {key} {value:.2f}" if "acc" in key else ""
         for key, value in row.items()
         if value is not None
     )
-    return f"epoch {row['epoch']}/{epochs}: loss {row['loss']:.4g}{extra} ({row['seconds']:.1f} s)"
+    return f"loss {row['loss']:.4g}{extra}"
+
+
+def _epoch_line(row: dict, epochs: int) -> str:
+    return f"epoch {row['epoch']}/{epochs}: {_epoch_stats(row)} ({row['seconds']:.1f} s)"
 
 
 @main.command()

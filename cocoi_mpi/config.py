@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 from .codes import CODES, RUN_SCHEMES
 from .engine import SHORTFALL_POLICIES
 from .scenarios import PAPER_STRAGGLER_FACTOR, Crash, Scenario, parse_crashes
-from .sweep import parse_sweep
+from .sweep import cells, parse_sweep, select_part
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,7 @@ class RunConfig:
     round_timeout: float | str = "auto"  # seconds, "auto" (from the plan) or "off"
     on_shortfall: str = "local"  # a round too few live workers can answer: local or error
     crash: tuple = field(default_factory=tuple)  # fault drills, scenarios.Crash entries
+    part: str | None = None  # "I/N": serve every N-th sweep cell from I (job arrays)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -139,6 +141,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "data": (str,),
     "round_timeout": (float, int, str),
     "on_shortfall": (str,),
+    "part": (str,),
 }
 
 
@@ -246,6 +249,18 @@ def parse_k(value: int | str) -> int | str:
         raise ConfigError(f"k must be an integer, auto or star, got {value!r}") from None
 
 
+def check_launch(world_size: int, environ: Mapping[str, str]) -> None:
+    """Catch `srun python -m cocoi_mpi.run`: N independent singletons, each of size 1."""
+    tasks = environ.get("SLURM_NTASKS", "")
+    if world_size == 1 and tasks.isdigit() and int(tasks) > 1:
+        raise ConfigError(
+            f"world size is 1 but SLURM_NTASKS={tasks}: srun started {tasks} singleton "
+            "processes that cannot talk to each other; inside the allocation launch with "
+            "mpirun (see jobs/slurm/cocoi.sbatch), or with srun --mpi=pmix if your Slurm "
+            "has PMIx"
+        )
+
+
 def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     """Fill n and k from the world and check every range."""
     if world_size < 2:
@@ -272,6 +287,7 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
                 scenario.check_workers(n)
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"[sweep]: {exc}") from None
+    check_part(cfg)
     learned = cfg.scheme == "learned" or (
         cfg.sweep is not None
         and any(str(s).startswith("learned") for s in cfg.sweep.get("schemes", ()))
@@ -305,6 +321,19 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     requests = cfg.requests if cfg.requests is not None or cfg.data else 1
     silent = tuple(sorted(set(cfg.silent)))
     return dataclasses.replace(cfg, n=n, k=k, silent=silent, requests=requests)
+
+
+def check_part(cfg: RunConfig) -> None:
+    """--part slices a sweep; without one there is nothing to slice."""
+    if cfg.part is None:
+        return
+    if cfg.sweep is None:
+        raise ConfigError("--part slices a sweep: give a config with a [sweep] table")
+    schemes, scenarios, reps = parse_sweep(dict(cfg.sweep), scenario_of(cfg))
+    try:
+        select_part(cells(schemes, scenarios, reps, cfg.seed), cfg.part)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def scenario_of(cfg: RunConfig) -> Scenario:

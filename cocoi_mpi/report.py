@@ -97,6 +97,10 @@ def _header(trace: Trace) -> list[str]:
     ]
     if "hostnames" in attrs:
         lines.append(f"Hosts       {_hosts(attrs['hostnames'])}")
+    if attrs.get("slurm"):
+        lines.append(f"Slurm       {_slurm(attrs['slurm'])}")
+    if attrs.get("merged_from"):
+        lines.append(f"Merged      {_short(_merged(attrs['merged_from']), WIDTH - 12)}")
     if attrs.get("git_commit"):
         lines.append(f"Git commit  {attrs['git_commit']}")
     versions = attrs.get("versions")
@@ -107,6 +111,28 @@ def _header(trace: Trace) -> list[str]:
     if isinstance(reliability, dict):
         lines.append(f"Failures    {_failures(reliability)}")
     return lines
+
+
+def _slurm(env: dict) -> str:
+    """The batch job a run was, so its log and accounting can be found."""
+    job = env.get("SLURM_JOB_ID", "?")
+    if "SLURM_ARRAY_JOB_ID" in env:
+        job = f"{env['SLURM_ARRAY_JOB_ID']}_{env.get('SLURM_ARRAY_TASK_ID', '?')}"
+    text = f"job {job}"
+    if env.get("SLURM_JOB_NAME"):
+        text += f" ({env['SLURM_JOB_NAME']})"
+    if env.get("SLURM_NTASKS"):
+        text += f", {env['SLURM_NTASKS']} tasks"
+    if env.get("SLURM_JOB_NODELIST"):
+        text += f" on {env['SLURM_JOB_NODELIST']}"
+    return text
+
+
+def _merged(parts: list) -> str:
+    """cocoi merge's parts: how many, and the Slurm jobs they were."""
+    jobs = sorted({_slurm(p["slurm"]).split(",")[0] for p in parts if p.get("slurm")})
+    text = f"{len(parts)} parts ({sum(p.get('requests', 0) for p in parts)} requests)"
+    return text + (f" from {', '.join(jobs)}" if jobs else "")
 
 
 def _failures(rel: dict) -> str:

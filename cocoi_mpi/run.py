@@ -17,7 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import click
 
 from .codes import CODES, RUN_SCHEMES
-from .config import ConfigError, build_config
+from .config import ConfigError, build_config, check_launch
 
 
 def error(rank: int, message: str) -> None:
@@ -140,6 +140,11 @@ def error(rank: int, message: str) -> None:
     "worker really dies (SIGKILL / exit), raises, or hangs S seconds. Survive deaths "
     "with mpirun --with-ft ulfm.",
 )
+@click.option(
+    "--part",
+    help="I/N: serve only every N-th cell of the sweep, from cell I (0-based); one "
+    "Slurm array task each, then cocoi merge. See jobs/slurm/sweep_array.sbatch.",
+)
 @click.option("--quiet/--no-quiet", default=None, help="Only the summary lines.")
 def main(config_file, input_, **options) -> None:
     """Coded distributed CNN inference: rank 0 is the master, ranks 1..n the workers."""
@@ -148,6 +153,7 @@ def main(config_file, input_, **options) -> None:
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
     try:
+        check_launch(world.Get_size(), os.environ)
         options["codec"] = options["codec"] or None  # not given: keep the file's value
         cfg = build_config(config_file, {**options, "input": input_}, world.Get_size())
     except ConfigError as exc:

@@ -102,6 +102,27 @@ def scenario_entry(entry: Any, base: Scenario) -> Scenario:
     return dataclasses.replace(base, **fields)
 
 
+def parse_part(text: str) -> tuple[int, int]:
+    """'3/8' -> (3, 8): the 4th of 8 slices of a sweep (a Slurm array task's share)."""
+    index, sep, count = str(text).partition("/")
+    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
+        raise ValueError(f"part must look like I/N (e.g. 0/8), got {text!r}")
+    index, count = int(index), int(count)
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"part {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def select_part(order: list[Cell], part: str | None) -> list[Cell]:
+    """Every N-th cell from I: parts stay interleaved, so each sees every scheme alike."""
+    if part is None:
+        return order
+    index, count = parse_part(part)
+    if count > len(order):
+        raise ValueError(f"part {part}: the sweep has only {len(order)} cells for {count} parts")
+    return order[index::count]
+
+
 def cells(schemes: list[str], scenarios: list[Scenario], reps: int, seed: int) -> list[Cell]:
     """The interleaved order of the sweep (reproducible for a seed)."""
     rng = np.random.default_rng([seed, 3])

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from cocoi_mpi.config import ConfigError, RunConfig, build_config, load_toml, parse_ranks
+from cocoi_mpi.config import (
+    ConfigError,
+    RunConfig,
+    build_config,
+    check_launch,
+    load_toml,
+    parse_ranks,
+)
 from cocoi_mpi.scenarios import Crash
 
 
@@ -220,3 +227,21 @@ def test_silent_as_a_bare_integer_is_a_config_error_or_accepted(tmp_path):
         assert "silent" in str(exc)
     else:
         assert cfg.silent == (2,)
+
+
+@pytest.mark.parametrize(
+    ("size", "env", "refused"),
+    [
+        (1, {"SLURM_NTASKS": "11"}, True),
+        (1, {"SLURM_NTASKS": "1"}, False),  # a one-task allocation: resolve() explains
+        (1, {}, False),
+        (11, {"SLURM_NTASKS": "11"}, False),  # mpirun inside the allocation
+        (1, {"SLURM_NTASKS": "2(x3)"}, False),  # not a count: leave it to resolve()
+    ],
+)
+def test_check_launch_names_srun_singletons(size, env, refused):
+    if refused:
+        with pytest.raises(ConfigError, match="srun started 11 singleton"):
+            check_launch(size, env)
+    else:
+        check_launch(size, env)

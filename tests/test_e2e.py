@@ -100,6 +100,45 @@ def test_lenet5_on_three_ranks(tmp_path):
     assert "top-1 identical 3/3: OK" in proc.stdout
     assert_matches_local(out, "lenet5", 0, 3)
     assert_sane_tables(out, n=2)
+    versions = read_trace(out).attrs["versions"]
+    for key in ("python", "torch", "mpi4py", "mpi_library", "h5py", "hdf5", "ulfm"):
+        assert versions[key], key
+    assert versions["ulfm"].startswith(("available", "not available", "unknown"))
+
+
+def test_info_names_versions_and_ulfm():
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("cocoi")), "info"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=mpi_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    keys = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert keys == [
+        "cocoi_mpi",
+        "python",
+        "torch",
+        "numpy",
+        "mpi4py",
+        "mpi_library",
+        "h5py",
+        "hdf5",
+        "ulfm",
+    ]
+
+
+def test_srun_singletons_are_named(tmp_path):
+    """srun without --mpi starts N world-size-1 processes; say that, not just 'size 1'."""
+    out = tmp_path / "never.h5"
+    env = mpi_env(SLURM_NTASKS="11", SLURM_PROCID="0", SLURM_JOB_ID="42")
+    cmd = [sys.executable, "-m", "cocoi_mpi.run", "--model", "lenet5", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2
+    (line,) = error_lines(proc)
+    assert "SLURM_NTASKS=11" in line and "mpirun" in line and "singleton" in line
+    assert not out.exists()
 
 
 def test_user_cnn_with_silent_workers(tmp_path):
@@ -338,6 +377,34 @@ def test_sweep_config_runs_every_cell(tmp_path):
         "latency_scenario2.png",
         "layers.png",
     ]
+
+
+def test_sweep_parts_merge_into_the_whole_sweep(tmp_path):
+    """--part I/N (a job array's tasks) then cocoi merge: every cell once, exact."""
+    cfg = tmp_path / "sweep.toml"
+    cfg.write_text(
+        'model = "lenet5"\nrequests = 1\n[sweep]\nschemes = ["cocoi", "uncoded", "lt-ks"]\n'
+        "repetitions = 2\nscenarios = [{scenario = 2, failures = 1}]\n"
+    )
+    parts = [tmp_path / f"part{i}.h5" for i in range(2)]
+    for i, part in enumerate(parts):
+        proc = mpirun(4, "--config", str(cfg), "--part", f"{i}/2", "--out", str(part), "--quiet")
+        assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "all.h5"
+    cocoi = str(Path(sys.executable).with_name("cocoi"))
+    proc = subprocess.run(
+        [cocoi, "merge", str(out), *map(str, parts[::-1])], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    req = read_trace(out).requests
+    cells = sorted(zip(req["scheme"].tolist(), req["repetition"].tolist(), strict=True))
+    assert cells == sorted((s, r) for s in ("cocoi", "uncoded", "lt-ks") for r in range(2))
+    assert req["request"].tolist() == list(range(6))
+    assert (req["rel_err"] <= 1e-4).all()
+    report = subprocess.run([cocoi, "report", str(out)], capture_output=True, text=True)
+    assert report.returncode == 0 and "lt-ks" in report.stdout, report.stderr
+    bad = mpirun(4, "--config", str(cfg), "--part", "6/6", "--out", str(tmp_path / "x.h5"))
+    assert bad.returncode == 2 and "need 0 <= I < N" in bad.stderr
 
 
 def test_k_auto_plans_and_records(tmp_path):

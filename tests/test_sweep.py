@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from cocoi_mpi.scenarios import Scenario
-from cocoi_mpi.sweep import cells, parse_entry, parse_sweep
+from cocoi_mpi.sweep import cells, parse_entry, parse_part, parse_sweep, select_part
 
 
 @pytest.mark.parametrize(
@@ -75,3 +75,29 @@ def test_cells_interleave_and_share_faults_per_level():
     assert {c.k for c in order} == {"auto", "star", None}
     assert cells(schemes, levels, 2, seed=4) == order  # reproducible
     assert cells(schemes, levels, 2, seed=5) != order
+
+
+@pytest.mark.parametrize(("text", "expect"), [("0/1", (0, 1)), ("3/8", (3, 8)), ("7/8", (7, 8))])
+def test_parse_part(text, expect):
+    assert parse_part(text) == expect
+
+
+@pytest.mark.parametrize("text", ["8/8", "-1/8", "1", "a/2", "1/0", "1/2/3", ""])
+def test_parse_part_refuses(text):
+    with pytest.raises(ValueError, match="part"):
+        parse_part(text)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 20])
+def test_parts_cover_the_sweep_once(count):
+    order = cells(["cocoi", "uncoded", "replication", "lt-ks"], [Scenario()], 5, seed=1)
+    parts = [select_part(order, f"{i}/{count}") for i in range(count)]
+    assert sorted(sum(parts, []), key=order.index) == order
+    assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_more_parts_than_cells_is_refused():
+    order = cells(["cocoi"], [Scenario()], 2, seed=0)
+    with pytest.raises(ValueError, match="only 2 cells for 3 parts"):
+        select_part(order, "0/3")
+    assert select_part(order, None) is order

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import h5py
 import numpy as np
 import torch
 from mpi4py import MPI
+from tqdm import tqdm
 
 from .. import __version__
 from ..codes.learned import LearnedScheme
@@ -27,7 +29,8 @@ from ..data import load_dataset
 from ..engine import install, install_blocks, type1_convs
 from ..inputs import check_shape, load_input, seeded_inputs
 from ..models import MODELS, build_model, input_shape, load_weights
-from ..sweep import Cell, cells, parse_sweep
+from ..progress import echo_line, progress
+from ..sweep import Cell, cells, parse_sweep, select_part
 from ..traces import TraceWriter
 from .master import Interrupted, MasterEngine, ShutdownTimeout, failed_ranks, ulfm_enabled
 from .protocol import resident_mb
@@ -279,6 +282,18 @@ def safe(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
 
 
+# Where a Slurm job ran, when it did: enough to find its log and accounting record.
+SLURM_KEYS = (
+    "SLURM_JOB_ID",
+    "SLURM_JOB_NAME",
+    "SLURM_ARRAY_JOB_ID",
+    "SLURM_ARRAY_TASK_ID",
+    "SLURM_JOB_NODELIST",
+    "SLURM_NTASKS",
+    "SLURM_CLUSTER_NAME",
+)
+
+
 def provenance(comm: MPI.Comm, hosts: list[str]) -> dict:
     """Versions and where the run happened, stored as root attributes."""
     return dict(
@@ -287,6 +302,7 @@ def provenance(comm: MPI.Comm, hosts: list[str]) -> dict:
         world_size=MPI.COMM_WORLD.Get_size(),
         git_commit=git_commit(),
         command=" ".join(sys.argv),
+        slurm={key: os.environ[key] for key in SLURM_KEYS if key in os.environ},
     )
 
 
@@ -300,7 +316,25 @@ def versions() -> dict:
         mpi_library=MPI.Get_library_version().splitlines()[0].strip(),
         h5py=h5py.__version__,
         hdf5=h5py.version.hdf5_version,
+        ulfm=ulfm_support(),
     )
+
+
+def ulfm_support() -> str:
+    """Can this MPI survive a worker's death? Open MPI says so in ompi_info."""
+    if ulfm_enabled():
+        return "enabled (mpirun --with-ft ulfm)"
+    if not MPI.Get_library_version().startswith("Open MPI"):
+        return "unknown (not Open MPI; see docs/reliability.md)"
+    tool = shutil.which("ompi_info") or str(Path(sys.executable).with_name("ompi_info"))
+    try:
+        out = subprocess.run([tool], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (ompi_info did not run)"
+    line = next((ln for ln in out.splitlines() if "FT MPI support" in ln), "")
+    if line.strip().endswith("yes"):
+        return "available, off (start with mpirun --with-ft ulfm)"
+    return "not available (Open MPI built without --with-ft)"
 
 
 def git_commit() -> str:
@@ -430,7 +464,7 @@ def run_cells(cfg: RunConfig) -> list[Cell]:
     if cfg.sweep is None:
         return [Cell(cfg.scheme, scenario_of(cfg), 0, cfg.seed)]
     schemes, scenarios, reps = parse_sweep(dict(cfg.sweep), scenario_of(cfg))
-    return cells(schemes, scenarios, reps, cfg.seed)
+    return select_part(cells(schemes, scenarios, reps, cfg.seed), cfg.part)
 
 
 def serve(
@@ -441,9 +475,27 @@ def serve(
     echo: Callable,
     signalled: SignalFlag,
 ) -> list[dict]:
-    """The request loop over every cell: coded forward, check, one flush per request."""
-    rows: list[dict] = []
+    """The request loop over every cell: coded forward, check, one flush per request.
+
+    On a terminal one bar covers every request of every cell (postfix: the cell and the
+    last latency); elsewhere one line per request (see cocoi_mpi.progress)."""
     plan = run_cells(cfg)
+    with progress(len(plan) * job.requests, cfg.model, cfg.quiet, unit="req") as bar:
+        return serve_cells(cfg, job, engine, writer, echo, signalled, plan, bar)
+
+
+def serve_cells(
+    cfg: RunConfig,
+    job: MasterJob,
+    engine: MasterEngine,
+    writer: TraceWriter,
+    echo: Callable,
+    signalled: SignalFlag,
+    plan: list[Cell],
+    bar: tqdm,
+) -> list[dict]:
+    """serve's loop; the bar (live or disabled) advances once per request."""
+    rows: list[dict] = []
     total = len(plan) * job.requests
     references: dict[int, torch.Tensor] = {}
     for cell in plan:
@@ -470,9 +522,19 @@ def serve(
             writer.append_logits(logits[0].numpy())
             writer.flush()
             rows.append(row)
+            bar.set_postfix_str(cell_postfix(row), refresh=False)
+            bar.update(1)
             if not cfg.quiet:
-                echo(progress_line(total, row))
+                echo_line(bar, echo, progress_line(total, row))
     return rows
+
+
+def cell_postfix(row: dict) -> str:
+    """The bar's postfix: which cell is being served and the last request's latency."""
+    return (
+        f"{row['scheme']}, scenario {row['scenario']}, level {row['level']:g}, "
+        f"rep {row['repetition']}: {row['latency']:.3f} s"
+    )
 
 
 def reference(
