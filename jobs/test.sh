@@ -5,6 +5,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
 ruff check cocoi_mpi tests
-python -m pytest "$@"
+python -m pytest -rs "$@"
 mpirun -np "${MPI_TEST_NP:-4}" --oversubscribe --bind-to none \
     python -m pytest --with-mpi -m mpi -q -p no:cacheprovider tests/test_mpi_runtime.py

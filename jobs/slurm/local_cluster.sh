@@ -68,7 +68,6 @@ KillWait=5
 NodeName=$HOST CPUs=$CPUS RealMemory=$mem State=UNKNOWN
 PartitionName=local Nodes=$HOST Default=YES MaxTime=60 State=UP
 CONF
-    : >"$DIR/cgroup.conf"
 }
 
 start() {
