@@ -91,8 +91,8 @@ ROUND_DTYPE = np.dtype(
         ("n_used", "i4"),
         ("n_outstanding", "i4"),  # replies not yet arrived at decode time
         ("n_failed", "i4"),  # simulated failures / silent workers
-        ("used_workers", "S256"),  # comma-separated ranks
-        ("used_rows", "S256"),  # comma-separated code rows the decoder used (arrival order)
+        ("used_workers", "S1024"),  # comma-separated ranks (see LIST_COLUMNS)
+        ("used_rows", "S1024"),  # comma-separated code rows the decoder used (arrival order)
         ("systematic_shortcut", "?"),
         ("fallback", "?"),  # too few live workers: the master computed the layer itself
     ]
@@ -171,11 +171,31 @@ def _encode_field(name: str, value: Any, dtype: np.dtype) -> Any:
     if isinstance(value, list | tuple):
         value = ",".join(str(v) for v in value)
     raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    if len(raw) > dtype.itemsize and name in LIST_COLUMNS:
+        return shorten_list(raw, dtype.itemsize)
     if len(raw) > dtype.itemsize:
         raise ValueError(
             f"value for {name!r} is {len(raw)} bytes, more than its {dtype.itemsize}: {value!r}"
         )
     return raw
+
+
+# Comma-separated id lists can outgrow any fixed width (an LT decode may use hundreds of
+# symbols): past it they keep their head and say how many ids were left out, ",...+N";
+# the round's n_used still counts them all.
+LIST_COLUMNS = ("used_workers", "used_rows")
+
+
+def shorten_list(raw: bytes, width: int) -> bytes:
+    """The longest head of a comma list that fits with its ',...+N' marker."""
+    ids = raw.split(b",")
+    kept = len(ids)
+    while kept > 0:
+        kept -= 1
+        text = b",".join(ids[:kept]) + b",...+" + str(len(ids) - kept).encode()
+        if len(text) <= width:
+            return text.lstrip(b",")
+    raise ValueError(f"a width of {width} bytes cannot hold even the marker")
 
 
 def _rows_to_array(table: str, rows: Sequence[Mapping[str, Any]]) -> np.ndarray:

@@ -328,3 +328,22 @@ def test_missing_dataset_is_trace_error(trace_path: Path) -> None:
         del fh["rounds"]
     with pytest.raises(TraceError, match="'rounds' is missing"):
         read_trace(trace_path)
+
+
+def test_long_id_lists_keep_their_head_and_count_the_rest(tmp_path):
+    """An LT decode can use hundreds of symbols: the row is written, shortened honestly."""
+    from cocoi_mpi.traces import shorten_list
+
+    rows = list(range(400))
+    path = tmp_path / "lt.h5"
+    with TraceWriter(path, config={}, meta={}, num_classes=2) as writer:
+        writer.append("rounds", [dict(request=0, round=0, used_rows=rows, n_used=400)])
+        writer.close()
+    text = read_trace(path).rounds["used_rows"][0]
+    head, marker = text.rsplit(",...+", 1)
+    kept = [int(i) for i in head.split(",")]
+    assert kept == rows[: len(kept)] and len(kept) + int(marker) == 400
+    assert len(text) <= 1024
+    assert shorten_list(b"1,2,3,4", 7) == b"1,...+3"
+    assert shorten_list(b"1,2,3,4", 6) == b"...+4"
+    assert shorten_list(b"10,11,12", 8) == b"10,...+2"
