@@ -60,6 +60,8 @@ class RunConfig:
     on_shortfall: str = "local"  # a round too few live workers can answer: local or error
     crash: tuple = field(default_factory=tuple)  # fault drills, scenarios.Crash entries
     part: str | None = None  # "I/N": serve every N-th sweep cell from I (job arrays)
+    cpu_share: float = 0.0  # testbed: cores each worker is confined to (cgroups); 0 = off
+    master_cpu_share: float = 0.0  # testbed: cores the master is confined to; 0 = unconfined
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,6 +144,8 @@ TYPES: dict[str, tuple[type, ...]] = {
     "round_timeout": (float, int, str),
     "on_shortfall": (str,),
     "part": (str,),
+    "cpu_share": (float, int),
+    "master_cpu_share": (float, int),
 }
 
 
@@ -288,6 +292,7 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"[sweep]: {exc}") from None
     check_part(cfg)
+    check_shares(cfg)
     learned = cfg.scheme == "learned" or (
         cfg.sweep is not None
         and any(str(s).startswith("learned") for s in cfg.sweep.get("schemes", ()))
@@ -321,6 +326,14 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     requests = cfg.requests if cfg.requests is not None or cfg.data else 1
     silent = tuple(sorted(set(cfg.silent)))
     return dataclasses.replace(cfg, n=n, k=k, silent=silent, requests=requests)
+
+
+def check_shares(cfg: RunConfig) -> None:
+    """Shares are cores per rank: finite and >= 0 (0: that rank is not confined)."""
+    for key in ("cpu_share", "master_cpu_share"):
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{key} must be a number of cores >= 0, got {value}")
 
 
 def check_part(cfg: RunConfig) -> None:

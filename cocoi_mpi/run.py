@@ -145,6 +145,17 @@ def error(rank: int, message: str) -> None:
     help="I/N: serve only every N-th cell of the sweep, from cell I (0-based); one "
     "Slurm array task each, then cocoi merge. See jobs/slurm/sweep_array.sbatch.",
 )
+@click.option(
+    "--cpu-share",
+    type=float,
+    help="Emulated testbed: confine each worker to this many cores (cgroups, e.g. 0.15), "
+    "so its speed does not depend on the others. 0: off. [0]",
+)
+@click.option(
+    "--master-cpu-share",
+    type=float,
+    help="Emulated testbed: confine the master too (cores). 0: unconfined. [0]",
+)
 @click.option("--quiet/--no-quiet", default=None, help="Only the summary lines.")
 def main(config_file, input_, **options) -> None:
     """Coded distributed CNN inference: rank 0 is the master, ranks 1..n the workers."""

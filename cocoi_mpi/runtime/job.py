@@ -32,6 +32,7 @@ from ..models import MODELS, build_model, input_shape, load_weights
 from ..progress import echo_line, progress
 from ..sweep import Cell, cells, parse_sweep, select_part
 from ..traces import TraceWriter
+from .devices import emulate_devices
 from .master import Interrupted, MasterEngine, ShutdownTimeout, failed_ranks, ulfm_enabled
 from .protocol import resident_mb
 from .signals import SignalFlag
@@ -45,15 +46,19 @@ INTERRUPTED_SHUTDOWN_S = 5.0  # after SIGTERM: how long workers get to close the
 def run_job(cfg: RunConfig, comm: MPI.Comm | None = None, echo: Callable = print) -> int:
     """Run on every rank; returns this rank's exit code. ``comm`` defaults to a Dup."""
     comm = comm if comm is not None else MPI.COMM_WORLD.Dup()
-    set_threads(cfg.threads)
-    rank = comm.Get_rank()
-    sub = comm.Split(0 if rank <= cfg.n else MPI.UNDEFINED, rank)
-    if sub == MPI.COMM_NULL:
+    devices = emulate_devices(cfg, comm, echo)
+    try:
+        set_threads(cfg.threads or (1 if devices.confinement else 0))
+        rank = comm.Get_rank()
+        sub = comm.Split(0 if rank <= cfg.n else MPI.UNDEFINED, rank)
+        if sub == MPI.COMM_NULL:
+            return 0
+        if rank == 0:
+            return run_master(sub, cfg, echo, {"testbed": devices.meta} if devices.meta else {})
+        run_worker(sub)
         return 0
-    if rank == 0:
-        return run_master(sub, cfg, echo)
-    run_worker(sub)
-    return 0
+    finally:
+        devices.release()
 
 
 def guard_finalize(exit_code: int) -> None:
@@ -348,16 +353,20 @@ def git_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
-def run_master(comm: MPI.Comm, cfg: RunConfig, echo: Callable = print) -> int:
+def run_master(
+    comm: MPI.Comm, cfg: RunConfig, echo: Callable = print, meta: dict | None = None
+) -> int:
     """Prepare, hand workers their layers, serve the requests, write the trace.
 
     SIGTERM/SIGINT stop the run at the next safe point (between two polls of a round,
     or between requests); the trace is then closed as interrupted."""
     with SignalFlag() as signalled:
-        return master_life(comm, cfg, echo, signalled)
+        return master_life(comm, cfg, echo, signalled, meta or {})
 
 
-def master_life(comm: MPI.Comm, cfg: RunConfig, echo: Callable, signalled: SignalFlag) -> int:
+def master_life(
+    comm: MPI.Comm, cfg: RunConfig, echo: Callable, signalled: SignalFlag, meta: dict
+) -> int:
     try:
         job = prepare(cfg)
         engine = MasterEngine(
@@ -385,7 +394,7 @@ def master_life(comm: MPI.Comm, cfg: RunConfig, echo: Callable, signalled: Signa
         writer = TraceWriter(
             job.path,
             config=cfg.to_dict(),
-            meta=provenance(comm, hosts),
+            meta={**provenance(comm, hosts), **meta},
             num_classes=job.num_classes,
             overwrite=True,
         )
