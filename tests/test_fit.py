@@ -77,10 +77,11 @@ def test_fit_drops_unusable_samples_and_needs_two():
 # --------------------------------------------------------------------------- traces
 
 
-def write_trace(path, rounds_count=400, n=6, with_flops=True, seed=0):
+def write_trace(path, rounds_count=400, n=6, with_flops=True, seed=0, link_mbps=0):
     """A synthetic trace whose durations follow TRUE; FLOP columns appended to rounds."""
     rng = np.random.default_rng(seed)
-    with TraceWriter(path, config={"n": n}, meta={}, num_classes=3):
+    config = {"n": n, "link_mbps": link_mbps}
+    with TraceWriter(path, config=config, meta={}, num_classes=3):
         pass
     extra = [f for f in ("n_enc", "n_cmp", "n_dec") if f not in ROUND_DTYPE.names]
     round_dtype = np.dtype(ROUND_DTYPE.descr + ([(f, "f8") for f in extra] if with_flops else []))
@@ -123,6 +124,20 @@ def test_fit_trace_recovers_the_profile(tmp_path):
     samples = trace_samples(read_trace(path))
     assert samples["m"][0].size == 800
     assert samples["cmp"][0].size == pytest.approx(400 * 6 * 6 / 7, abs=2)
+
+
+def test_emulated_link_time_is_part_of_the_transfer(tmp_path):
+    """With link_mbps the worker slept bytes/bandwidth outside its measured MPI time."""
+    plain = trace_samples(read_trace(write_trace(tmp_path / "a.h5", rounds_count=5)))
+    linked = trace_samples(
+        read_trace(write_trace(tmp_path / "b.h5", rounds_count=5, link_mbps=100))
+    )
+    for phase, column in (("rec", 1), ("sen", 1)):
+        nbytes = linked[phase][column]
+        assert np.array_equal(nbytes, plain[phase][column])
+        added = linked[phase][0] - plain[phase][0]
+        assert np.allclose(added, 8 * nbytes / 100e6)
+    assert np.array_equal(linked["cmp"][0], plain["cmp"][0])
 
 
 def test_trace_without_flop_columns_says_so(tmp_path):
