@@ -86,9 +86,7 @@ def summary(cfg: RunConfig, tag: str, outcomes: list[str]) -> dict:
     text += f" ({where})"
     if failed:
         first = next(iter(failed.values()))
-        text += (
-            f"; NOT confined, running without CPU emulation: ranks {sorted(failed)} ({first})"
-        )
+        text += f"; NOT confined, running without CPU emulation: ranks {sorted(failed)} ({first})"
     return dict(
         cpu_share=cfg.cpu_share,
         master_cpu_share=cfg.master_cpu_share,
