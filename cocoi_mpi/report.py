@@ -99,6 +99,9 @@ def _header(trace: Trace) -> list[str]:
         lines.append(f"Hosts       {_hosts(attrs['hostnames'])}")
     if attrs.get("slurm"):
         lines.append(f"Slurm       {_slurm(attrs['slurm'])}")
+    testbed = attrs.get("testbed")
+    if isinstance(testbed, dict) and testbed.get("summary"):
+        lines.append(f"Testbed     {_short(testbed['summary'], WIDTH - 12)}")
     if attrs.get("merged_from"):
         lines.append(f"Merged      {_short(_merged(attrs['merged_from']), WIDTH - 12)}")
     if attrs.get("git_commit"):

@@ -259,3 +259,27 @@ def test_long_layer_names_and_varying_k(tmp_path: Path) -> None:
     row = next(line for line in text.splitlines() if line.startswith("..."))
     assert row.split()[:3] == ["...y_long_block_name", "4-7", "10"]
     assert max(len(line) for line in text.splitlines()) <= 100
+
+
+def test_header_names_slurm_job_testbed_and_merged_parts(tmp_path: Path) -> None:
+    meta = {
+        "slurm": {
+            "SLURM_ARRAY_JOB_ID": "17",
+            "SLURM_ARRAY_TASK_ID": "3",
+            "SLURM_JOB_ID": "21",
+            "SLURM_JOB_NAME": "cocoi-sweep",
+            "SLURM_NTASKS": "11",
+            "SLURM_JOB_NODELIST": "node[01-02]",
+        },
+        "testbed": {"summary": "10 workers confined to 0.15 core each (cgroup v1)"},
+        "merged_from": [
+            {"part": "0/2", "requests": 3, "slurm": {"SLURM_JOB_ID": "5"}},
+            {"part": "1/2", "requests": 2, "slurm": {"SLURM_JOB_ID": "6"}},
+        ],
+    }
+    path = tmp_path / "t.h5"
+    TraceWriter(path, config=CONFIG, meta=meta, num_classes=3).close()
+    text = summarize(read_trace(path))
+    assert "Slurm       job 17_3 (cocoi-sweep), 11 tasks on node[01-02]" in text
+    assert "Testbed     10 workers confined to 0.15 core each (cgroup v1)" in text
+    assert "Merged      2 parts (5 requests) from job 5, job 6" in text
