@@ -1,7 +1,7 @@
 """The Slurm batch scripts, submitted for real to a one-node Slurm on this machine.
 
 jobs/slurm/local_cluster.sh starts munged, slurmctld and slurmd in a private state
-directory (ports 16817/16818). Where that cannot happen (Slurm not installed, not
+directory, on ports of its own. Where that cannot happen (Slurm not installed, not
 root, daemons that do not come up) every test here is skipped with the reason, which
 `pytest -rs` (./jobs/test.sh) prints. CI installs Slurm from Debian's packages first
 (`jobs/slurm/local_cluster.sh install`), so there these tests run.
@@ -47,7 +47,10 @@ def slurm(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     state = tmp_path_factory.mktemp("slurm")
-    env = mpi_env(COCOI_SLURM_DIR=str(state), SLURM_CONF=str(state / "slurm.conf"))
+    port = str(20000 + 2 * (os.getpid() % 5000))  # two test runs at once must not meet
+    env = mpi_env(
+        COCOI_SLURM_DIR=str(state), SLURM_CONF=str(state / "slurm.conf"), COCOI_SLURM_PORT=port
+    )
     up = subprocess.run([str(CLUSTER), "start"], env=env, capture_output=True, text=True)
     if up.returncode != 0:
         pytest.skip(f"the local Slurm did not start: {(up.stderr or up.stdout).strip()[-600:]}")

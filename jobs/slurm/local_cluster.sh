@@ -5,13 +5,15 @@
 #   jobs/slurm/local_cluster.sh env       print `export SLURM_CONF=...` for this shell
 #   jobs/slurm/local_cluster.sh stop      stop the daemons, remove the state dir
 # Everything lives in $COCOI_SLURM_DIR (default /tmp/cocoi-slurm): config, munge socket,
-# spool, logs. Ports 16817/16818 keep it apart from a real Slurm. The node claims
+# spool, logs. Ports $COCOI_SLURM_PORT and the next (default 16817/16818) keep it apart
+# from a real Slurm and from another test cluster. The node claims
 # $COCOI_SLURM_CPUS CPUs (default 16) whatever the hardware has, so an 11-rank job fits
 # on a 2-core machine. Daemons run as the calling user; start needs root (slurmd must
 # be able to switch to the job's user), as in any Slurm.
 set -euo pipefail
 DIR=${COCOI_SLURM_DIR:-/tmp/cocoi-slurm}
 CPUS=${COCOI_SLURM_CPUS:-16}
+PORT=${COCOI_SLURM_PORT:-16817}  # slurmctld; slurmd listens on PORT + 1
 HOST=$(hostname -s)
 NEED=(munged slurmctld slurmd sbatch scontrol)
 
@@ -43,8 +45,8 @@ write_config() {
 ClusterName=cocoi
 SlurmctldHost=$HOST
 SlurmUser=$(id -un)
-SlurmctldPort=16817
-SlurmdPort=16818
+SlurmctldPort=$PORT
+SlurmdPort=$((PORT + 1))
 AuthType=auth/munge
 AuthInfo=socket=$DIR/munge/munge.socket
 CredType=cred/munge
