@@ -30,15 +30,16 @@ def marked_env(marker: str) -> dict:
     return mpi_env(COCOI_TEST_MARKER=marker)
 
 
-# A crash that exits without a signal is seen only by the heartbeat detector (a SIGKILL
-# is seen by the runtime itself). Only those tests turn it on: on a starved machine a
-# short heartbeat timeout (1 s) declared live ranks dead, which failed 4 tests.
+# The heartbeat detector: a crash that exits without a signal is seen only by it, and
+# without it a SIGKILLed rank went unseen once under heavy load (the run hung past 300 s).
+# On a starved machine a short heartbeat timeout (1 s) declared live ranks dead and
+# failed 4 tests, so the timeout is 5 s.
 DETECTOR = ["--mca", "mpi_ft_detector", "true"]
 DETECTOR += ["--mca", "mpi_ft_detector_period", "1", "--mca", "mpi_ft_detector_timeout", "5"]
 
 
-def command(np_: int, *args: str, ulfm: bool = False, detector: bool = False) -> list[str]:
-    ft = ["--with-ft", "ulfm", *(DETECTOR if detector else [])] if ulfm else []
+def command(np_: int, *args: str, ulfm: bool = False) -> list[str]:
+    ft = ["--with-ft", "ulfm", *DETECTOR] if ulfm else []
     return [
         MPIRUN,
         *ft,
@@ -54,8 +55,8 @@ def command(np_: int, *args: str, ulfm: bool = False, detector: bool = False) ->
     ]
 
 
-def run(np_: int, *args: str, ulfm: bool = False, detector: bool = False, timeout: int = 300):
-    cmd = command(np_, *args, ulfm=ulfm, detector=detector)
+def run(np_: int, *args: str, ulfm: bool = False, timeout: int = 300):
+    cmd = command(np_, *args, ulfm=ulfm)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env())
 
 
@@ -93,7 +94,7 @@ def test_worker_deaths_survived_under_ulfm(tmp_path, scheme, crash):
     out = tmp_path / "run.h5"
     args = lenet(out, 6, "--scheme", scheme, "--crash", crash, "--k", "2", "--seed", "4")
     exited = crash.endswith(":exit")  # mpirun then reports the rank's exit status 1
-    proc = run(5, *args, ulfm=True, detector=exited)
+    proc = run(5, *args, ulfm=True)
     assert proc.returncode == (1 if exited else 0), proc.stderr[-3000:]
     assert_no_tracebacks(proc)
     assert_matches_local(out, "lenet5", 4, 6)
