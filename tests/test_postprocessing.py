@@ -129,7 +129,7 @@ def doc_blocks() -> list[tuple[str, str]]:
     text = DOC.read_text(encoding="utf-8")
     assert SECTION in text, f"{DOC} has no section {SECTION!r}"
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^```(python|bash)\n(.*?)^```", section, re.S | re.M)
+    return re.findall(r"^```(python|bash)[^\n]*\n(.*?)^```", section, re.S | re.M)
 
 
 def _swap(code: str, trace: Path, csv_dir: Path) -> str:
