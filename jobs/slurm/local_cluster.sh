@@ -68,7 +68,7 @@ SchedulerType=sched/builtin
 InactiveLimit=0
 KillWait=5
 NodeName=$HOST CPUs=$CPUS RealMemory=$mem State=UNKNOWN
-PartitionName=local Nodes=$HOST Default=YES MaxTime=60 State=UP
+PartitionName=local Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
 CONF
 }
 
