@@ -204,6 +204,47 @@ def test_default_job_writes_results(tmp_path):
     assert_matches_local(files[0], "vgg16", 0, 1)
 
 
+PIS = HERE.parent / "hostfiles" / "pis"
+LOCAL_SSH = HERE.parent / "jobs" / "local_ssh.sh"
+
+
+def hostfile_hosts(path: Path) -> list[str]:
+    """Host names of an Open MPI hostfile, in order (comments and slots dropped)."""
+    lines = (line.split("#", 1)[0].split() for line in path.read_text().splitlines())
+    return [words[0] for words in lines if words]
+
+
+def pi_launch(tmp_path: Path, *mpirun_args: str):
+    """README's Pi command with jobs/local_ssh.sh standing in for ssh to every host."""
+    log = tmp_path / "hosts.log"
+    env = mpi_env(PRTE_MCA_prte_ssh_agent=str(LOCAL_SSH), COCOI_SSH_LOG=str(log))
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [MPIRUN, "-np", "11", "--hostfile", str(PIS), "--bind-to", "none", *mpirun_args]
+    cmd += ["python", "-m", "cocoi_mpi.run", "--model", "lenet5", "--out", str(tmp_path / "pi.h5")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    hosts = log.read_text().split() if log.exists() else []
+    return proc, hosts
+
+
+@pytest.mark.slow
+def test_pi_hostfile_launches_one_daemon_per_host(tmp_path):
+    """The Pi command as README writes it, every host's daemon started through 'ssh'."""
+    proc, hosts = pi_launch(tmp_path, "-x", "PATH")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "top-1 identical 1/1: OK" in proc.stdout
+    assert sorted(hosts) == sorted(hostfile_hosts(PIS))
+    assert len(hosts) == 11 and read_trace(tmp_path / "pi.h5").complete
+
+
+@pytest.mark.slow
+def test_pi_hostfile_without_path_export_cannot_find_python(tmp_path):
+    """Why README's Pi command has -x PATH: an ssh login lacks the venv's python."""
+    proc, hosts = pi_launch(tmp_path)
+    assert proc.returncode != 0
+    assert "python" in proc.stdout + proc.stderr and hosts
+    assert not (tmp_path / "pi.h5").exists()
+
+
 def bad_run(tmp_path, np_: int, *args: str):
     out = tmp_path / "bad.h5"
     proc = mpirun(np_, *args, "--out", str(out), timeout=180)
