@@ -53,8 +53,21 @@ def command(np_: int, *args: str, ulfm: bool = False) -> list[str]:
 
 
 def run(np_: int, *args: str, ulfm: bool = False, timeout: int = 300):
+    """Run mpirun; a run past the timeout fails the test with the output it had so far."""
     cmd = command(np_, *args, ulfm=ulfm)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env())
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=mpi_env())
+    except subprocess.TimeoutExpired as hung:
+        pytest.fail(f"mpirun ran past {timeout} s: {' '.join(cmd)}\n{_tails(hung)}")
+
+
+def _tails(hung: subprocess.TimeoutExpired) -> str:
+    """The last lines mpirun wrote before it was killed (a hang's only witness)."""
+    parts = []
+    for name, data in (("stdout", hung.stdout), ("stderr", hung.stderr)):
+        text = data.decode(errors="replace") if isinstance(data, bytes) else data or ""
+        parts.append(f"--- {name}:\n" + "\n".join(text.splitlines()[-40:]))
+    return "\n".join(parts)
 
 
 def lenet(out: Path, requests: int, *extra: str) -> list[str]:
