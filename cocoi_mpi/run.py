@@ -170,38 +170,44 @@ def main(config_file, input_, **options) -> None:
     except ConfigError as exc:
         error(rank, str(exc))
         sys.exit(2)
-    code = launch(cfg, world, rank)
+    code, deaths_reported = launch(cfg, world, rank)
     from .runtime.job import guard_finalize
 
-    guard_finalize(code)
+    guard_finalize(code, deaths_reported)
     sys.exit(code)
 
 
-def launch(cfg, world, rank: int) -> int:
-    """Run the job; turn any exception into one line on rank 0 and an exit code."""
-    from .engine import RoundShortfall
+def launch(cfg, world, rank: int) -> tuple[int, bool]:
+    """Run the job: (exit code, whether the master reported a dead rank)."""
     from .runtime.job import run_job
-    from .runtime.master import Interrupted, ShutdownTimeout
 
     echo = click.echo if rank == 0 else (lambda *a, **k: None)
     try:
         return run_job(cfg, world.Dup(), echo)
-    except ShutdownTimeout as exc:  # requests still open: only an abort ends every rank
+    except Exception as exc:
+        return exit_code_for(exc, world, rank), False
+
+
+def exit_code_for(exc: Exception, world, rank: int) -> int:
+    """One line on rank 0 (a worker's own error: one line of its own) and the exit code."""
+    from .engine import RoundShortfall
+    from .runtime.master import Interrupted, ShutdownTimeout
+
+    if isinstance(exc, ShutdownTimeout):  # requests still open: only an abort ends every rank
         error(rank, f"{exc}; the trace is written; aborting the job")
         world.Abort(1)
-    except Interrupted as exc:
+    if isinstance(exc, Interrupted):
         error(rank, f"{exc}; the trace is closed as incomplete")
         return 143 if "SIGTERM" in str(exc) else 130
-    except RoundShortfall as exc:
+    if isinstance(exc, RoundShortfall):
         error(rank, f"{exc} (--on-shortfall error)")
         return 1
-    except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}" if not is_user_error(exc) else str(exc)
-        if rank == 0:
-            error(rank, message)
-        else:  # a worker failing outside a task is rare and worth one line of its own
-            click.echo(f"cocoi: error on rank {rank}: {message}", err=True)
-        return 1
+    message = f"{type(exc).__name__}: {exc}" if not is_user_error(exc) else str(exc)
+    if rank == 0:
+        error(rank, message)
+    else:  # a worker failing outside a task is rare and worth one line of its own
+        click.echo(f"cocoi: error on rank {rank}: {message}", err=True)
+    return 1
 
 
 def is_user_error(exc: Exception) -> bool:

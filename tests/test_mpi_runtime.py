@@ -65,6 +65,7 @@ def run_coded(comm, k: int, silent=(), requests: int = 2, extra=None):
             extra(engine, model)
     finally:
         engine.logs = engine.shutdown()
+        engine.say_farewell()
     return worst, engine
 
 

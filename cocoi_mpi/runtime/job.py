@@ -43,8 +43,11 @@ AUTO_TIMEOUT_FACTOR = 20.0  # ... and this many times the plan's predicted round
 INTERRUPTED_SHUTDOWN_S = 5.0  # after SIGTERM: how long workers get to close their replies
 
 
-def run_job(cfg: RunConfig, comm: MPI.Comm | None = None, echo: Callable = print) -> int:
-    """Run on every rank; returns this rank's exit code. ``comm`` defaults to a Dup."""
+def run_job(
+    cfg: RunConfig, comm: MPI.Comm | None = None, echo: Callable = print
+) -> tuple[int, bool]:
+    """Run on every rank; returns this rank's exit code and whether the master reported
+    a dead rank (for :func:`guard_finalize`). ``comm`` defaults to a Dup."""
     comm = comm if comm is not None else MPI.COMM_WORLD.Dup()
     devices = emulate_devices(cfg, comm, echo)
     try:
@@ -52,23 +55,26 @@ def run_job(cfg: RunConfig, comm: MPI.Comm | None = None, echo: Callable = print
         rank = comm.Get_rank()
         sub = comm.Split(0 if rank <= cfg.n else MPI.UNDEFINED, rank)
         if sub == MPI.COMM_NULL:
-            return 0
+            return 0, False
         if rank == 0:
-            return run_master(sub, cfg, echo, {"testbed": devices.meta} if devices.meta else {})
-        run_worker(sub)
-        return 0
+            meta = {"testbed": devices.meta} if devices.meta else {}
+            return run_master(sub, cfg, echo, meta), False
+        return 0, run_worker(sub)
     finally:
         devices.release()
 
 
-def guard_finalize(exit_code: int) -> None:
+def guard_finalize(exit_code: int, deaths_reported: bool = False) -> None:
     """After a worker died under ULFM, MPI_Finalize sometimes never returns (Open MPI
     5.0.11: about 1 run in 3 with two dead ranks, every survivor spinning in
     ompi_mpi_finalize; a watchdog thread cannot help, the GIL is held there). So when
-    the failed group is not empty every rank leaves without Finalize, once its output
-    is flushed: the trace is already closed and mpirun still sees the exit code
-    (8 of 8 runs ended with 0, against 2 hangs in 8 with Finalize)."""
-    if failed_ranks(MPI.COMM_WORLD):
+    a rank died every rank leaves without Finalize, once its output is flushed: the
+    trace is already closed and mpirun still sees the exit code (8 of 8 runs ended
+    with 0, against 2 hangs in 8 with Finalize). A rank's own failed group is not
+    enough: a worker that exits without a signal is known only after the heartbeat
+    detector's timeout, often after the other workers are done; hence
+    ``deaths_reported``, the master's farewell (protocol.FAREWELL)."""
+    if deaths_reported or failed_ranks(MPI.COMM_WORLD):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)
@@ -389,6 +395,23 @@ def master_life(
         comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
         raise
     hosts = engine.setup(job.specs, job.block_specs)
+    try:
+        return serve_and_report(comm, cfg, echo, signalled, meta, job, engine, hosts)
+    finally:  # last: a worker leaves as soon as it has heard it
+        engine.say_farewell()
+
+
+def serve_and_report(
+    comm: MPI.Comm,
+    cfg: RunConfig,
+    echo: Callable,
+    signalled: SignalFlag,
+    meta: dict,
+    job: MasterJob,
+    engine: MasterEngine,
+    hosts: list[str],
+) -> int:
+    """Serve the requests into the trace, stop the workers, print the summary."""
     writer, status, rows = None, "failed", []
     try:
         writer = TraceWriter(

@@ -41,6 +41,7 @@ from .protocol import (
     ERROR,
     ERROR_BYTES,
     FAILED,
+    FAREWELL,
     LOG,
     TRAILER,
     Done,
@@ -191,6 +192,7 @@ class MasterEngine(Engine):
         self.later_errors: list[str] = []  # worker errors reported while shutting down
         self.errors = {r: self.post_error_channel(r) for r in self.workers}
         self.stopping = False  # shutdown began: worker errors are logged, not raised
+        self.shut_down = False  # every live worker sent its log and waits for the farewell
 
     def post_error_channel(self, rank: int) -> ErrorChannel:
         buf = bytearray(ERROR_BYTES)
@@ -566,7 +568,27 @@ class MasterEngine(Engine):
         for channel in self.errors.values():  # still posted: no error came from it
             cancel(channel.request)
         self.errors = {}
+        self.shut_down = True
         return [logs[r] for r in sorted(logs)]
+
+    def say_farewell(self) -> None:
+        """Tell each live worker whether any rank died: the master's last word, sent
+        after the summary so that no worker leaves while the master still prints.
+
+        A worker that exits without a signal is seen only by ULFM's heartbeat
+        detector, seconds later; a worker that finished before then would find its own
+        failed group empty, call MPI_Finalize and hang there (guard_finalize). Without a
+        completed shutdown the workers are not waiting for it (the job is aborted)."""
+        if not self.shut_down:
+            return
+        deaths = bool(self.dead or failed_ranks(MPI.COMM_WORLD))
+        for rank in self.live_workers():
+            try:
+                self.comm.send(deaths, dest=rank, tag=FAREWELL)
+            except MPI.Exception as exc:
+                if not is_proc_failure(exc):
+                    raise
+                self.mark_dead(rank)
 
     def receive_logs(self, logs: dict[int, dict]) -> None:
         """Take each live worker's end-of-run log once it has sent it."""

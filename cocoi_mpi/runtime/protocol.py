@@ -8,7 +8,10 @@ unmatched and a worker's large send never blocks forever. Worker errors travel a
 raw UTF-8 bytes on tag ERROR, so the master's wait can include them; the master posts
 one error receive per worker (not one from ANY_SOURCE), so under ULFM a dead worker
 fails only its own requests. At the end each worker sends its log on tag LOG
-(point to point: a collective would fail or hang once a worker is dead).
+(point to point: a collective would fail or hang once a worker is dead), and the
+master, once it has every log or knows the sender dead, answers on tag FAREWELL with
+whether any rank died: only the master knows that for sure by then (see
+job.guard_finalize).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 CTRL = 1
 ERROR = 2
 LOG = 3
+FAREWELL = 4
 DATA_BASE = 100
 DATA_SPAN = 30000  # MPI guarantees tags up to 32767
 ERROR_BYTES = 4096

@@ -25,10 +25,12 @@ from mpi4py import MPI
 from ..blocks import BlockSpec
 from ..convtask import ConvSpec
 from ..subtasks import compute
+from .master import is_proc_failure
 from .protocol import (
     CTRL,
     ERROR,
     FAILED,
+    FAREWELL,
     LOG,
     SKIPPED,
     TRAILER,
@@ -206,12 +208,14 @@ def keep_serving_on_signals() -> None:
         signal.signal(sig, lambda *_: None)
 
 
-def run_worker(comm: MPI.Comm) -> None:
-    """A worker's whole life: setup, serve, hand the log to the master."""
+def run_worker(comm: MPI.Comm) -> bool:
+    """A worker's whole life: setup, serve, hand the log to the master.
+
+    Returns whether the master reported a dead rank (then nobody may Finalize)."""
     keep_serving_on_signals()
     specs = receive_layers(comm)
     if specs is None:
-        return
+        return False
     comm.gather(socket.gethostname(), root=0)
     loop = WorkerLoop(comm, specs)
     try:
@@ -224,3 +228,14 @@ def run_worker(comm: MPI.Comm) -> None:
             if item.task.fail != "silent":
                 loop.reply_code(item.task, SKIPPED)
     comm.send(loop.log(), dest=0, tag=LOG)
+    return await_farewell(comm)
+
+
+def await_farewell(comm: MPI.Comm) -> bool:
+    """The master's last word: did any rank die? A master that died counts as yes."""
+    try:
+        return bool(comm.recv(source=0, tag=FAREWELL))
+    except MPI.Exception as exc:
+        if is_proc_failure(exc):
+            return True
+        raise
