@@ -73,8 +73,11 @@ def guard_finalize(exit_code: int, deaths_reported: bool = False) -> None:
     with 0, against 2 hangs in 8 with Finalize). A rank's own failed group is not
     enough: a worker that exits without a signal is known only after the heartbeat
     detector's timeout, often after the other workers are done; hence
-    ``deaths_reported``, the master's farewell (protocol.FAREWELL)."""
-    if deaths_reported or failed_ranks(MPI.COMM_WORLD):
+    ``deaths_reported``, the master's farewell (protocol.FAREWELL). And a death can
+    come after the farewell too: under load the heartbeat detector declared live
+    ranks dead while the others sat in Finalize, which then never returned. So under
+    ULFM no rank calls Finalize at all (mpirun's exit code stays 0 without it)."""
+    if deaths_reported or failed_ranks(MPI.COMM_WORLD) or ulfm_enabled():
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)
