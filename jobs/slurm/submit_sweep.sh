@@ -5,14 +5,20 @@
 #   jobs/slurm/submit_sweep.sh jobs/fig6_resnet18.toml 4
 #   jobs/slurm/submit_sweep.sh jobs/fig7_vgg16.toml 8 --ntasks=11 --partition=short
 # Extra arguments go to both sbatch calls. Prints the two job ids; the merged trace is
-# results/<config name>.h5 (remove old results/<name>_part*.h5 and results/<name>.h5 first).
+# results/<name>.h5, name = SWEEP_NAME or the config's name. Refuses, before submitting
+# anything, when results/<name>.h5 or its parts exist already (the merge would refuse).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CONFIG=${1:?usage: jobs/slurm/submit_sweep.sh CONFIG.toml [PARTS] [SBATCH OPTIONS]}
 PARTS=${2:-8}
 shift $(($# >= 2 ? 2 : 1))
-NAME=$(basename "$CONFIG" .toml)
+NAME=${SWEEP_NAME:-$(basename "$CONFIG" .toml)}
 [ -f "$CONFIG" ] || { echo "cocoi: error: no such config $CONFIG" >&2; exit 2; }
+old=$(compgen -G "results/${NAME}.h5" || true; compgen -G "results/${NAME}_part*.h5" || true)
+if [ -n "$old" ]; then
+    echo "cocoi: error: $(echo $old) already exist(s); remove them or set SWEEP_NAME" >&2
+    exit 2
+fi
 array=$(sbatch --parsable --array="0-$((PARTS - 1))" "$@" jobs/slurm/sweep_array.sbatch "$CONFIG" "$NAME")
 array=${array%%;*}
 merge=$(sbatch --parsable --dependency="afterok:$array" --kill-on-invalid-dep=yes "$@" \
