@@ -65,6 +65,7 @@ Exit status: 0 when every block run passed, 1 when any failed, 2 on a usage erro
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import fnmatch
 import hashlib
@@ -285,20 +286,18 @@ class Result:
     note: str = ""  # "timeout", "no-run", "carried over"
 
 
+def _git(root: Path, *args: str) -> str:
+    """stdout of one git command in ``root``, stripped."""
+    done = subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip()
+
+
 def git_commit(root: Path) -> str:
     try:
-        head = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        head = _git(root, "rev-parse", "--short=7", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+dirty" if dirty else "")
@@ -327,15 +326,11 @@ def _kill_group(proc: subprocess.Popen) -> None:
     """End the block: its process group and every descendant, TERM first, then KILL."""
     for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
         pids = _descendants(proc.pid)
-        try:
+        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):  # so may a descendant
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         try:
             proc.wait(timeout=wait)
             if not _descendants(proc.pid):
