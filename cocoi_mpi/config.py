@@ -36,7 +36,7 @@ class RunConfig:
     k: int | str | None = None  # per layer; "auto" (k°), "star" (k*); default max(1, n - 2)
     profile: str | None = None  # latency profile (cocoi fit) for --k auto/star; default Pi 4B
     scheme: str = "cocoi"  # cocoi, uncoded, replication
-    code: str = "rotation"
+    code: str = "stable"
     systematic: bool = False
     scenario: int = 0  # 0 none, 1 straggling, 2 failures, 3 failures + one straggler
     lambda_tr: float = 0.0  # scenario 1: extra delay scale, in units of transmission time

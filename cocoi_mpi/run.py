@@ -88,7 +88,9 @@ def error(rank: int, message: str) -> None:
 @click.option(
     "--code",
     type=click.Choice(CODES),
-    help="Generator: rotation (stable) or vandermonde (the paper's). [rotation]",
+    help="Generator: stable (systematic, searched for conditioning; one piece per "
+    "subtask), rotation (complex roots of unity as 2x2 rotations, two half pieces) or "
+    "vandermonde (the paper's eq. 3). [stable]",
 )
 @click.option(
     "--systematic/--no-systematic",

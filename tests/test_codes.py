@@ -8,6 +8,7 @@ subset, because that is what the runtime does with real activations.
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from cocoi_mpi.codes import CODES, DEFAULT_CODE, DecodeError, LinearCode, Scheme, make_code
+from cocoi_mpi.codes.analysis import decode_errors
 from cocoi_mpi.codes.linear import (
     cached_generator,
     rotation_generator,
@@ -108,7 +110,7 @@ def test_rotation_float32_decodes_every_subset_at_n10(k):
 
 
 def test_decode_uses_the_first_k_arrivals_and_ignores_later_ones():
-    code = LinearCode(6, 3)
+    code = LinearCode(6, 3, "rotation")
     x = source_pieces(code, seed=1)
     coded = code.encode(x)
     outputs = {i: coded[i] for i in (4, 1, 5, 0, 2)}
@@ -127,7 +129,7 @@ def test_encode_is_the_generator_applied_to_the_pieces():
 
 
 def test_encode_rejects_the_wrong_number_of_pieces():
-    code = LinearCode(4, 2)  # rotation: 4 source pieces
+    code = LinearCode(4, 2, "rotation")  # 4 source pieces
     with pytest.raises(ValueError, match="expected 4 pieces"):
         code.encode(torch.zeros(3, *PIECE_SHAPE))
 
@@ -190,15 +192,18 @@ def test_systematic_decode_from_other_subsets_still_inverts():
     coded = code.encode(x)
     decoded, _ = code.decode({i: coded[i] for i in (5, 0, 3)})
     assert rel_err(decoded, x) < 1e-10
-    assert (5, 0, 3) in code._inverses
+    assert (0, 3, 5) in code._inverses  # systematic decoding caches by sorted subset
 
 
 def test_names_and_pieces_per_task():
-    assert LinearCode(4, 2).name == "rotation" and LinearCode(4, 2).pieces_per_task == 2
-    assert LinearCode(4, 2, systematic=True).name == "rotation-sys"
+    assert LinearCode(4, 2).name == "stable" and LinearCode(4, 2).pieces_per_task == 1
+    assert LinearCode(4, 2).systematic  # the default is systematic as built
+    assert LinearCode(4, 2, "rotation").name == "rotation"
+    assert LinearCode(4, 2, "rotation").pieces_per_task == 2
+    assert LinearCode(4, 2, "rotation", systematic=True).name == "rotation-sys"
     code = LinearCode(4, 2, "vandermonde")
     assert code.name == "vandermonde" and code.pieces_per_task == 1 and code.source_pieces == 2
-    assert LinearCode(4, 3).source_pieces == 6
+    assert LinearCode(4, 3, "rotation").source_pieces == 6
     assert code.describe() == "vandermonde(n=4, k=2, m=1)"
 
 
@@ -245,14 +250,14 @@ def test_rotation_generator_blocks_are_rotations_of_roots_of_unity():
 
 
 def test_inverse_cache_hits_on_the_second_call():
-    code = LinearCode(6, 3)
+    code = LinearCode(6, 3, "rotation")
     first = code.inverse((4, 0, 2))
     assert code.inverse((4, 0, 2)) is first
     np.testing.assert_allclose(first @ code.rows((4, 0, 2)), np.eye(6), atol=1e-12)
 
 
 def test_decode_reuses_the_cached_inverse_and_torch_matrix():
-    code = LinearCode(6, 3)
+    code = LinearCode(6, 3, "rotation")
     coded = code.encode(source_pieces(code, seed=7, dtype=torch.float32))
     code.decode({i: coded[i] for i in (1, 3, 5)})
     inv, mats = dict(code._inverses), dict(code._torch)
@@ -262,7 +267,7 @@ def test_decode_reuses_the_cached_inverse_and_torch_matrix():
 
 
 def test_rows_selects_each_subtasks_m_rows_in_order():
-    code = LinearCode(4, 2)
+    code = LinearCode(4, 2, "rotation")
     np.testing.assert_array_equal(code.rows((2, 0)), code.generator[[4, 5, 0, 1]])
 
 
@@ -271,7 +276,7 @@ def test_rows_selects_each_subtasks_m_rows_in_order():
 
 @pytest.mark.parametrize("k", range(1, 11))
 def test_rotation_worst_condition_at_n10_is_small(k):
-    code = LinearCode(10, k)
+    code = LinearCode(10, k, "rotation")
     worst = max(code.condition(s) for s in itertools.combinations(range(10), k))
     assert worst < 100
 
@@ -284,7 +289,7 @@ def test_vandermonde_worst_condition_at_n10_k7_is_huge():
 
 def test_rotation_condition_is_one_for_consecutive_full_sets():
     # all n roots of unity: a scaled unitary DFT matrix
-    assert LinearCode(8, 8).condition(tuple(range(8))) == pytest.approx(1.0)
+    assert LinearCode(8, 8, "rotation").condition(tuple(range(8))) == pytest.approx(1.0)
 
 
 # --------------------------------------------------------------------------- make_code
@@ -295,12 +300,13 @@ def test_rotation_condition_is_one_for_consecutive_full_sets():
 def test_make_code_builds_a_linear_code(name, systematic):
     code = make_code(name, 5, 3, systematic)
     assert isinstance(code, LinearCode) and isinstance(code, Scheme)
-    assert (code.n, code.k, code.systematic, code.generator_name) == (5, 3, systematic, name)
+    expected = systematic or name == "stable"  # stable is systematic as built
+    assert (code.n, code.k, code.systematic, code.generator_name) == (5, 3, expected, name)
 
 
 def test_code_registry():
-    assert set(CODES) == {"rotation", "vandermonde"}
-    assert DEFAULT_CODE == "rotation"
+    assert set(CODES) == {"stable", "rotation", "vandermonde"}
+    assert DEFAULT_CODE == "stable"
 
 
 @pytest.mark.parametrize("name", ["rs", "", "Rotation", "lt"])
@@ -327,3 +333,59 @@ def test_fixed_rate_subtask_input_is_its_encoded_row(name):
         assert torch.equal(code.subtask_input(pieces, j), coded[j])
     with pytest.raises(ValueError, match="subtasks 0..4"):
         code.subtask_input(pieces, 5)
+
+
+# --------------------------------------------------------------------------- the stable code
+
+
+@pytest.mark.parametrize("k", range(1, 11))
+def test_stable_float32_worst_error_over_every_erasure_pattern_at_n10(k):
+    """The default code's claim (docs/codes.md): <= 1e-5 for every k-subset of 10."""
+    res = decode_errors("stable", 10, k, torch.float32)
+    assert res["subsets"] == math.comb(10, k)
+    assert res["worst_error"] <= 1e-5, res
+
+
+@pytest.mark.parametrize("n,k", [(10, 7), (10, 8), (6, 3), (5, 1), (4, 4)])
+def test_stable_encodes_sources_unchanged_and_only_multiplies_parities(n, k):
+    code = LinearCode(n, k)
+    x = torch.randn(k, 2, 3, 4, dtype=torch.float64)
+    coded = code.encode(x)
+    assert torch.equal(coded[:k, 0], x)  # bit for bit: a copy, no arithmetic
+    if n > k:
+        parity = torch.tensor(code.generator[k:]) @ x.reshape(k, -1)
+        torch.testing.assert_close(coded[k:, 0].reshape(n - k, -1), parity)
+    assert code.sources_of(0) == range(0, 1)
+    assert code.sources_of(n - 1) == (None if k < n else range(n - 1, n))
+
+
+def test_stable_decode_missing_rebuilds_only_what_is_missing():
+    code = LinearCode(10, 7)
+    x = torch.randn(7, 2, 3, 4, dtype=torch.float64)
+    coded = code.encode(x)
+    arrived = {i: coded[i] for i in (8, 0, 1, 9, 3, 5, 6)}  # sources 2 and 4 lost
+    rebuilt, used = code.decode_missing(arrived, [2, 4])
+    assert rebuilt.shape[0] == 2
+    torch.testing.assert_close(rebuilt.reshape(2, -1), x[[2, 4]].reshape(2, -1))
+    assert sorted(used) == [0, 1, 3, 5, 6, 8, 9] and used == [8, 0, 1, 9, 3, 5, 6]
+    nothing, used = code.decode_missing({i: coded[i] for i in range(7)}, [])
+    assert nothing.shape[0] == 0 and used == list(range(7))
+    decoded, _ = code.decode(arrived)
+    torch.testing.assert_close(decoded.reshape(7, -1), x.reshape(7, -1))
+
+
+def test_stable_table_is_what_the_search_finds():
+    """The shipped parity blocks are reproducible: the seeded search gives them again."""
+    from cocoi_mpi.codes.stable import search_parity, shipped_table, stable_parity
+
+    assert "10,7" in shipped_table()
+    np.testing.assert_array_equal(stable_parity(6, 3), search_parity(6, 3))
+
+
+def test_stable_beyond_the_table_is_searched_and_mds():
+    from cocoi_mpi.codes.stable import TABLE_MAX_N, stable_generator
+
+    n, k = TABLE_MAX_N + 2, 3
+    gen = stable_generator(n, k)
+    for rows in itertools.combinations(range(n), k):
+        assert np.linalg.cond(gen[list(rows)]) < 1e4

@@ -6,14 +6,14 @@ from .lt import LTCode
 from .pieces import PieceScheme, replication, uncoded
 
 CODES = tuple(GENERATORS)
-DEFAULT_CODE = "rotation"
+DEFAULT_CODE = "stable"
 SCHEMES = ("cocoi", "uncoded", "replication", "lt-kl", "lt-ks")  # exact, built by make_scheme
 RUN_SCHEMES = (*SCHEMES, "learned")  # learned: conv blocks with trained codecs (codes.learned)
 FINEST = 1 << 30  # "as many pieces as the layer has output columns" (lt-kl)
 
 
 def make_code(name: str, n: int, k: int, systematic: bool = False) -> Scheme:
-    """Build an MDS code by its generator name (rotation, vandermonde)."""
+    """Build an MDS code by its generator name (stable, rotation, vandermonde)."""
     if name not in GENERATORS:
         raise ValueError(f"unknown code {name!r}; choose one of: {', '.join(CODES)}")
     return LinearCode(n, k, name, systematic)

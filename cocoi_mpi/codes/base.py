@@ -38,6 +38,10 @@ class Scheme(ABC):
     def encode(self, pieces: torch.Tensor) -> torch.Tensor:
         """(k*m, ...) source pieces -> (n, m, ...) subtask inputs."""
 
+    def encode_into(self, pieces: torch.Tensor, coded: torch.Tensor) -> None:
+        """Write the n*m coded pieces into ``coded`` ((n*m, ...), e.g. send buffers)."""
+        coded.copy_(self.encode(pieces).reshape(coded.shape))
+
     @abstractmethod
     def decodable(self, arrived: Collection[int]) -> bool:
         """Can the source outputs be rebuilt from the subtasks in ``arrived``?"""
@@ -48,6 +52,21 @@ class Scheme(ABC):
 
         ``outputs`` is in arrival order; a scheme uses the earliest ones it needs.
         """
+
+    def sources_of(self, subtask: int) -> range | None:
+        """The source pieces (k*m-indexed) that subtask carries unchanged, or None.
+
+        The master puts such a subtask's output straight into the layer's output."""
+        return None
+
+    def decode_missing(
+        self, outputs: Mapping[int, torch.Tensor], missing: list[int]
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Only the source outputs in ``missing``: ((len(missing), ...), subtasks used).
+
+        The default decodes everything and picks; systematic codes do better."""
+        decoded, used = self.decode(outputs)
+        return decoded[list(missing)], used
 
     def needs_resend(self, failed: int, arrived: Collection[int], pending: Collection[int]) -> bool:
         """After subtask ``failed`` reported failure: must its input go to another worker?

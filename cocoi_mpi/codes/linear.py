@@ -4,10 +4,13 @@ A conv without bias is linear in its input, so conv(sum_j G_ij x_j) = sum_j G_ij
 the master encodes input pieces with a generator G and decodes any k outputs with the
 inverse of the k-row submatrix. Bias is added by the master after decoding.
 
-Two generators:
+Three generators:
+- ``stable`` (default): systematic [I; P] with one piece per subtask and a parity block
+  searched for the smallest worst-case condition number (codes/stable.py); the first
+  k subtasks carry the source pieces unchanged.
 - ``vandermonde``: the paper's rows [g^(k-1) ... g^0] on nodes g = 1..n. Exact in
   theory, but its k-subsets are badly conditioned (about 6e9 at n=10, k=7).
-- ``rotation`` (default): a complex Vandermonde on the n-th roots of unity, each
+- ``rotation``: a complex Vandermonde on the n-th roots of unity, each
   complex entry embedded as a 2x2 rotation (Ramamoorthy & Tang; FCDCC). Each
   subtask then carries two width pieces (the real and imaginary parts) of half the
   width, so per-worker load is unchanged, and the worst k-subset condition number
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 
 from .base import DecodeError, Scheme
+from .stable import stable_generator
 
 
 def vandermonde_generator(n: int, k: int) -> np.ndarray:
@@ -48,7 +52,12 @@ def rotation_generator(n: int, k: int) -> np.ndarray:
     return gen
 
 
-GENERATORS = {"rotation": (rotation_generator, 2), "vandermonde": (vandermonde_generator, 1)}
+GENERATORS = {
+    "stable": (stable_generator, 1),
+    "rotation": (rotation_generator, 2),
+    "vandermonde": (vandermonde_generator, 1),
+}
+ALWAYS_SYSTEMATIC = frozenset({"stable"})  # generators that are systematic as built
 
 
 def make_systematic(gen: np.ndarray, k_rows: int) -> np.ndarray:
@@ -63,7 +72,7 @@ def cached_generator(name: str, n: int, k: int, systematic: bool) -> np.ndarray:
     """Generator matrix (n*m, k*m), float64, read-only."""
     build, m = GENERATORS[name]
     gen = build(n, k)
-    if systematic:
+    if systematic and name not in ALWAYS_SYSTEMATIC:
         gen = make_systematic(gen, k * m)
     gen.setflags(write=False)
     return gen
@@ -72,15 +81,17 @@ def cached_generator(name: str, n: int, k: int, systematic: bool) -> np.ndarray:
 class LinearCode(Scheme):
     """An MDS code given by a real generator; decode from the first k subtasks to arrive."""
 
-    def __init__(self, n: int, k: int, generator: str = "rotation", systematic: bool = False):
+    def __init__(self, n: int, k: int, generator: str = "stable", systematic: bool = False):
         if generator not in GENERATORS:
             raise ValueError(f"unknown code {generator!r}; known: {', '.join(GENERATORS)}")
         if not 1 <= k <= n:
             raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+        systematic = systematic or generator in ALWAYS_SYSTEMATIC
         self.n, self.k, self.systematic = n, k, systematic
         self.generator_name = generator
         self.pieces_per_task = GENERATORS[generator][1]
-        self.name = generator + ("-sys" if systematic else "")
+        suffix = "-sys" if systematic and generator not in ALWAYS_SYSTEMATIC else ""
+        self.name = generator + suffix
         self.generator = cached_generator(generator, n, k, systematic)
         self._inverses: dict[tuple[int, ...], np.ndarray] = {}
         self._torch: dict[tuple, torch.Tensor] = {}
@@ -88,9 +99,77 @@ class LinearCode(Scheme):
     def encode(self, pieces: torch.Tensor) -> torch.Tensor:
         if pieces.shape[0] != self.source_pieces:
             raise ValueError(f"expected {self.source_pieces} pieces, got {pieces.shape[0]}")
-        flat = pieces.reshape(self.source_pieces, -1)
-        coded = self._as_torch(("G",), self.generator, flat.dtype) @ flat
+        coded = pieces.new_empty((self.n * self.pieces_per_task, *pieces.shape[1:]))
+        self.encode_into(pieces, coded)
         return coded.reshape(self.n, self.pieces_per_task, *pieces.shape[1:])
+
+    def encode_into(self, pieces: torch.Tensor, coded: torch.Tensor) -> None:
+        """Write the n*m coded pieces into ``coded`` (contiguous, (n*m, ...)).
+
+        A systematic code copies the sources and multiplies only the parity rows."""
+        flat = pieces.reshape(self.source_pieces, -1)
+        out = coded.view(self.n * self.pieces_per_task, -1)
+        km = self.source_pieces
+        if self.systematic:
+            out[:km].copy_(flat)
+            if out.shape[0] > km:
+                self.encode_parities(flat, out[km:])
+            return
+        torch.matmul(self._as_torch(("G",), self.generator, flat.dtype), flat, out=out)
+
+    def encode_parities(self, sources: torch.Tensor, out: torch.Tensor) -> None:
+        """(k*m, N) contiguous sources -> (n*m - k*m, N) parity rows, written into ``out``."""
+        parity = self.generator[self.source_pieces :]
+        torch.matmul(self._as_torch(("P",), parity, sources.dtype), sources, out=out)
+
+    def sources_of(self, subtask: int) -> range | None:
+        m = self.pieces_per_task
+        return range(subtask * m, subtask * m + m) if self.systematic and subtask < self.k else None
+
+    def decode_missing(
+        self, outputs: Mapping[int, torch.Tensor], missing: list[int]
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Rebuild only the source pieces in ``missing`` (k*m-indexed).
+
+        Uses every arrived systematic subtask plus the earliest parities needed, so the
+        work is proportional to len(missing) and nothing is computed when it is empty."""
+        if not self.systematic:
+            return super().decode_missing(outputs, missing)
+        sources = [i for i in outputs if i < self.k]
+        need = self.k - len(sources)
+        parities = [i for i in outputs if i >= self.k][: max(0, need)]
+        if len(parities) < need:
+            raise DecodeError(f"{self.describe()} needs {self.k} outputs, got {len(outputs)}")
+        chosen = set(sources[: self.k] + parities)
+        used = [i for i in outputs if i in chosen]  # arrival order, for the trace
+        first = next(iter(outputs.values()))
+        if not missing:
+            return first.new_empty((0, *first.shape[1:])), used
+        key = tuple(sorted(used))
+        coef = self._missing_rows(key, tuple(missing), first.dtype)
+        stacked = torch.cat([outputs[i] for i in key]).reshape(self.source_pieces, -1)
+        return (coef @ stacked).reshape(len(missing), *first.shape[1:]), used
+
+    def _systematic_decode(
+        self, outputs: Mapping[int, torch.Tensor]
+    ) -> tuple[torch.Tensor, list[int]]:
+        """Arrived sources as they are, the missing ones rebuilt: all k*m pieces."""
+        have = {j: (i, t) for i in outputs if i < self.k for t, j in enumerate(self.sources_of(i))}
+        missing = [j for j in range(self.source_pieces) if j not in have]
+        rebuilt, used = self.decode_missing(outputs, missing)
+        found = dict(zip(missing, rebuilt.unbind(0), strict=True))
+        pieces = [
+            outputs[have[j][0]][have[j][1]] if j in have else found[j]
+            for j in range(self.source_pieces)
+        ]
+        return torch.stack(pieces), used
+
+    def _missing_rows(self, used: tuple, missing: tuple, dtype: torch.dtype) -> torch.Tensor:
+        """Rows of inv(G[used]) for the missing pieces, cached in the data's dtype."""
+        key = ("miss", used, missing, dtype)
+        if key not in self._torch:
+            self._torch[key] = torch.tensor(self.inverse(used)[list(missing)], dtype=dtype)
+        return self._torch[key]
 
     def decodable(self, arrived: Collection[int]) -> bool:
         return len(arrived) >= self.k
@@ -98,10 +177,9 @@ class LinearCode(Scheme):
     def decode(self, outputs: Mapping[int, torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
         if not self.decodable(outputs):
             raise DecodeError(f"{self.describe()} needs {self.k} outputs, got {len(outputs)}")
+        if self.systematic:
+            return self._systematic_decode(outputs)
         used = list(outputs)[: self.k]
-        if self.systematic and sorted(used) == list(range(self.k)):
-            stacked = torch.cat([outputs[i] for i in range(self.k)])
-            return stacked, used
         stacked = torch.cat([outputs[i] for i in used])
         flat = stacked.reshape(self.source_pieces, -1)
         key = tuple(used)

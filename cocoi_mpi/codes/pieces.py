@@ -46,6 +46,27 @@ class PieceScheme(Scheme):
         used = [first[p] for p in range(self.k)]
         return torch.cat([outputs[i] for i in used]), used
 
+    def sources_of(self, subtask: int) -> range | None:
+        return range(self.assign[subtask], self.assign[subtask] + 1)
+
+    def decode_missing(
+        self, outputs: Mapping[int, torch.Tensor], missing: list[int]
+    ) -> tuple[torch.Tensor, list[int]]:
+        """The first copy of each missing piece; no arithmetic."""
+        first: dict[int, int] = {}
+        for i in outputs:
+            first.setdefault(self.assign[i], i)
+        if any(p not in first for p in missing):
+            raise DecodeError(
+                f"{self.describe()} is missing pieces {sorted(set(missing) - set(first))}"
+            )
+        if not missing:
+            out = next(iter(outputs.values()))
+            return out.new_empty((0, *out.shape[1:])), [
+                first[p] for p in range(self.k) if p in first
+            ]
+        return torch.cat([outputs[first[p]] for p in missing]), [first[p] for p in range(self.k)]
+
     def needs_resend(self, failed: int, arrived: Collection[int], pending: Collection[int]) -> bool:
         return self.assign[failed] not in self.covered({*arrived, *pending})
 
