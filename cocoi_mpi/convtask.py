@@ -3,21 +3,25 @@
 Pure torch. The MPI master and the in-process engine both use these functions, so
 the arithmetic that decides exactness is the same code in tests and in real runs.
 
-The master pads the input's width once (zeros, exactly as the layer would) and cuts
-equal pieces from it; a worker pads the height itself and convolves without bias;
-the master adds the bias after decoding, because the code is linear and bias is not.
+The master cuts equal pieces that together cover the whole output width (the last
+one reaches past it and is cropped), copying each piece's input columns straight into
+its subtask's send buffer, with zeros where the layer's padding (or the coverage past
+the edge) is; a worker pads the height itself and convolves without bias. Outputs go
+straight into the layer's output with the bias added on the way (``Assembly``): the
+code is linear and bias is not. No column of a distributed conv runs on the master.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .codes import Scheme
-from .split import AxisGeom, LayerSplit, split_layer
+from .split import AxisGeom, LayerSplit, split_layer, tightest_pieces
 
 
 class NotSplittable(ValueError):
@@ -72,52 +76,238 @@ def worker_conv(spec: ConvSpec, x: torch.Tensor) -> torch.Tensor:
 
 
 def layer_k(spec: ConvSpec, width_in: int, k: int, pieces_per_task: int) -> int:
-    """Largest k' <= k whose k'*m pieces are at least one output column each."""
+    """k for this layer: at most ``k``, every piece at least one output column, and the
+    fewest subtasks whose pieces of that width still cover the output (tightest_pieces)."""
     width_out = spec.width_geom.out_size(width_in)
     k_fit = min(k, width_out // pieces_per_task)
     if k_fit < 1:
         raise NotSplittable(
             f"{spec.name}: output width {width_out} < {pieces_per_task} pieces per subtask"
         )
-    return k_fit
+    return -(-tightest_pieces(width_out, k_fit * pieces_per_task) // pieces_per_task)
+
+
+def fill_piece(spec: ConvSpec, x: torch.Tensor, padded_range: tuple[int, int], dst) -> None:
+    """Copy input columns ``padded_range`` (padded coordinates) of x (1, C, H, W) into
+    dst (C, H, w): one pass over the piece's bytes, zeros where padding would be."""
+    a, b = padded_range
+    left = spec.pad_w[0]
+    lo, hi = max(a - left, 0), min(b - left, x.shape[3])
+    start = lo - (a - left)  # zero columns before the data
+    if start > 0:
+        dst[:, :, :start].zero_()
+    if hi > lo:
+        dst[:, :, start : start + hi - lo].copy_(x[0, :, :, lo:hi])
+    if start + max(hi - lo, 0) < dst.shape[2]:
+        dst[:, :, start + max(hi - lo, 0) :].zero_()
+
+
+def check_input(spec: ConvSpec, x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"{spec.name}: coded layers take one image, got {tuple(x.shape)}")
+
+
+def cut_pieces(spec: ConvSpec, x: torch.Tensor, pieces: int) -> tuple[LayerSplit, torch.Tensor]:
+    """The split and its k*m input pieces stacked on dim 0 (tests and analysis)."""
+    check_input(spec, x)
+    split = split_layer(spec.width_geom, x.shape[3], pieces)
+    width = split.ins[0][1] - split.ins[0][0]
+    out = x.new_empty((pieces, x.shape[1], x.shape[2], width))
+    for i, rng in enumerate(split.ins):
+        fill_piece(spec, x, rng, out[i])
+    return split, out
+
+
+Alloc = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
+
+
+def new_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
+
+
+class ConvRound:
+    """The master's side of one conv round: subtask inputs made on demand.
+
+    ``subtask_input(i)`` makes subtask i's input in its own slot of one (n*m, C, H, w)
+    buffer (the send buffer: nothing is copied again before MPI sends it), so the
+    master can post each send as soon as its input exists. A subtask that carries
+    source pieces unchanged costs one copy of their columns (``split_s``); coded
+    subtasks are made together, a systematic code's parities by one matrix product
+    over the source slots (``encode_s``).
+    """
+
+    def __init__(
+        self,
+        spec: ConvSpec,
+        x: torch.Tensor,
+        code,
+        alloc: Alloc = new_buffer,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        check_input(spec, x)
+        self.spec, self.x, self.code, self.clock = spec, x, code, clock
+        self.split = split_layer(spec.width_geom, x.shape[3], code.source_pieces)
+        self.m = code.pieces_per_task
+        width = self.split.ins[0][1] - self.split.ins[0][0]
+        self.piece_shape = (x.shape[1], x.shape[2], width)
+        self.buffer = alloc((code.n * self.m, *self.piece_shape), x.dtype)
+        self.made: set[int] = set()
+        self.split_s = self.encode_s = 0.0
+        self._sources: torch.Tensor | None = None
+        self._encoded = False
+        self.reply = None
+
+    @property
+    def height(self) -> int:
+        return self.x.shape[2]
+
+    def subtask_input(self, index: int) -> torch.Tensor:
+        """(m, C, H, w) input of subtask ``index``, contiguous; streaming schemes may ask
+        for indices past n (made from the sources, outside the buffer)."""
+        m = self.m
+        if index >= self.code.n:
+            t0 = self.clock()
+            out = self.code.subtask_input(self.pieces, index).contiguous()
+            self.encode_s += self.clock() - t0
+            return out
+        if index not in self.made:
+            self._make(index)
+        return self.buffer[index * m : (index + 1) * m]
+
+    def _make(self, index: int) -> None:
+        sources = self.code.sources_of(index)
+        if sources is None:
+            self._encode()
+        else:
+            t0 = self.clock()
+            for slot, piece in enumerate(sources):
+                fill_piece(
+                    self.spec, self.x, self.split.ins[piece], self.buffer[index * self.m + slot]
+                )
+            self.split_s += self.clock() - t0
+        self.made.add(index)
+
+    @property
+    def systematic(self) -> bool:
+        return bool(getattr(self.code, "systematic", False)) and hasattr(
+            self.code, "encode_parities"
+        )
+
+    @property
+    def pieces(self) -> torch.Tensor:
+        """The k*m source pieces (K, C, H, w): the buffer's first rows when systematic."""
+        if self.systematic:
+            for i in range(self.code.k):
+                self.subtask_input(i)
+            return self.buffer[: self.code.source_pieces]
+        if self._sources is None:
+            t0 = self.clock()
+            self._sources = cut_pieces(self.spec, self.x, self.code.source_pieces)[1]
+            self.split_s += self.clock() - t0
+        return self._sources
+
+    def _encode(self) -> None:
+        """Make every coded subtask input at once (one matrix product)."""
+        if self._encoded:
+            return
+        sources = self.pieces
+        t0 = self.clock()
+        km = self.code.source_pieces
+        if self.systematic:
+            flat = self.buffer.view(self.buffer.shape[0], -1)
+            self.code.encode_parities(flat[:km], flat[km:])
+        else:
+            self.code.encode_into(sources, self.buffer)
+        self.encode_s += self.clock() - t0
+        self.made.update(i for i in range(self.code.n) if self.code.sources_of(i) is None)
+        self._encoded = True
+
+
+class Assembly:
+    """The layer's output, filled piece by piece as outputs arrive, bias fused.
+
+    A subtask that carries source pieces unchanged is placed when it arrives (while
+    the master still waits for others); after that only the missing pieces are
+    decoded. Columns past the output width (the last piece's padding) are cropped."""
+
+    def __init__(
+        self,
+        split: LayerSplit,
+        out_shape: tuple[int, ...],
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.split, self.clock = split, clock
+        self.out = torch.empty(out_shape, dtype=dtype)
+        self.bias = None if bias is None else bias.detach().view(-1, 1, 1)
+        self.placed: set[int] = set()
+        self.place_s = 0.0
+
+    def place(self, piece: int, value: torch.Tensor) -> None:
+        a, b = self.split.outs[piece]
+        b = min(b, self.split.width_out)
+        self.placed.add(piece)
+        if b <= a:  # a piece wholly past the edge (m = 2 codes): nothing to keep
+            return
+        dst, src = self.out[0, :, :, a:b], value[..., : b - a]
+        if self.bias is None:
+            dst.copy_(src)
+        else:
+            torch.add(src, self.bias, out=dst)
+
+    def place_subtask(self, code, index: int, output: torch.Tensor) -> None:
+        """Put the source pieces a subtask carries into place (first copy wins)."""
+        sources = code.sources_of(index)
+        if sources is None:
+            return
+        t0 = self.clock()
+        for slot, piece in enumerate(sources):
+            if piece not in self.placed:
+                self.place(piece, output[slot])
+        self.place_s += self.clock() - t0
+
+    def finish(self, code, outputs: Mapping[int, torch.Tensor]) -> tuple[list[int], float]:
+        """Place what is still unplaced, decode only the missing pieces.
+
+        Returns (subtasks used, decode seconds)."""
+        for index, output in outputs.items():
+            self.place_subtask(code, index, output)
+        missing = [j for j in range(code.source_pieces) if j not in self.placed]
+        t0 = self.clock()
+        rebuilt, used = code.decode_missing(outputs, missing)
+        t1 = self.clock()
+        for piece, value in zip(missing, rebuilt.unbind(0), strict=True):
+            self.place(piece, value)
+        self.place_s += self.clock() - t1
+        return used, t1 - t0
+
+
+def conv_output_shape(spec: ConvSpec, x: torch.Tensor, split: LayerSplit) -> tuple[int, ...]:
+    height = spec.height_geom.out_size(x.shape[2])
+    return (1, spec.weight.shape[0], height, split.width_out)
 
 
 @dataclass
 class Prepared:
-    """The master's side of one round before sending: coded inputs and the geometry."""
+    """The master's side of one block round (learned scheme): coded inputs and geometry."""
 
-    split: LayerSplit  # or a blocks.BlockSplit for a conv block
-    padded: torch.Tensor  # conv: input padded in width, (1, C, H, W + left + right);
-    # block: the block input as is (its split knows the padding)
+    split: object  # a blocks.BlockSplit
+    padded: torch.Tensor  # the block input as is (its split knows the padding)
     coded: torch.Tensor  # (n, m, C, H, w_in)
     pieces: torch.Tensor | None = None  # (k*m, C, H, w_in) sources, for streaming schemes
-    reply: tuple[int, ...] | None = None  # block: shape of one subtask's output
+    reply: tuple[int, ...] | None = None  # shape of one subtask's output
+    split_s: float = 0.0
+    encode_s: float = 0.0
 
+    @property
+    def height(self) -> int:
+        return self.padded.shape[2]
 
-def cut_pieces(
-    spec: ConvSpec, x: torch.Tensor, pieces: int
-) -> tuple[LayerSplit, torch.Tensor, torch.Tensor]:
-    """Pad the width and cut the k*m equal input pieces (eq. 2), stacked on dim 0."""
-    if x.dim() != 4 or x.shape[0] != 1:
-        raise ValueError(f"{spec.name}: coded layers take one image, got {tuple(x.shape)}")
-    split = split_layer(spec.width_geom, x.shape[3], pieces)
-    padded = F.pad(x, (*spec.pad_w, 0, 0)) if any(spec.pad_w) else x
-    pieces = torch.stack([padded[0, :, :, a:b] for a, b in split.ins])
-    return split, padded, pieces
-
-
-def prepare(spec: ConvSpec, x: torch.Tensor, code: Scheme) -> Prepared:
-    """Split and encode: the inputs of the n subtasks."""
-    split, padded, pieces = cut_pieces(spec, x, code.source_pieces)
-    return Prepared(split, padded, code.encode(pieces).contiguous(), pieces)
-
-
-def remainder(spec: ConvSpec, prep: Prepared) -> torch.Tensor | None:
-    """The master's own share (footnote 2): the columns past k*m equal pieces, no bias."""
-    if prep.split.rest_in is None:
-        return None
-    a, b = prep.split.rest_in
-    return worker_conv(spec, prep.padded[:, :, :, a:b])
+    def subtask_input(self, index: int) -> torch.Tensor:
+        if index < self.coded.shape[0]:
+            return self.coded[index]
+        raise ValueError(f"block rounds have {self.coded.shape[0]} subtasks, not {index}")
 
 
 def merge(

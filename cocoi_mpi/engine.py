@@ -28,13 +28,16 @@ from .blocks import (
 )
 from .codes import Scheme, make_scheme, scheme_k
 from .convtask import (
+    Assembly,
+    ConvRound,
     ConvSpec,
     NotSplittable,
     Prepared,
+    conv_output_shape,
     conv_spec,
-    cut_pieces,
     layer_k,
     merge,
+    new_buffer,
     worker_conv,
 )
 from .latency import counts_for_spec
@@ -64,6 +67,7 @@ class Execution:
     n_failed: int = 0
     subtasks: list[dict] = field(default_factory=list)
     ranks: dict[int, int] = field(default_factory=dict)  # subtask -> rank that answered
+    release: Callable[[], None] | None = None  # frees receive buffers once decoded
 
 
 class Engine:
@@ -73,7 +77,7 @@ class Engine:
         self,
         n: int,
         k: int,
-        code: str = "rotation",
+        code: str = "stable",
         systematic: bool = False,
         clock: Callable[[], float] = time.perf_counter,
         scheme: str = "cocoi",
@@ -153,11 +157,15 @@ class Engine:
         self, spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None, code: Scheme
     ) -> torch.Tensor:
         t_start = self.now()
-        split, padded, pieces = cut_pieces(spec, x, code.source_pieces)
-        t_split = self.now()
-        prep = Prepared(split, padded, code.encode(pieces).contiguous(), pieces)
+        prep = ConvRound(spec, x, code, alloc=self.alloc, clock=self.now)
+        shape = conv_output_shape(spec, x, prep.split)
+        assembly = Assembly(prep.split, shape, bias, x.dtype, clock=self.now)
         counts = flop_counts(spec, x, code)
-        return self._run_round(spec, prep, code, bias, (t_start, t_split), counts)
+        return self._run_round(spec, prep, code, assembly, t_start, counts)
+
+    def alloc(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A round's subtask-input buffer; the MPI master lends long-lived ones."""
+        return new_buffer(shape, dtype)
 
     def run_block(self, spec: BlockSpec, x: torch.Tensor) -> torch.Tensor:
         """One round of a conv block under its learned code (section V)."""
@@ -167,9 +175,10 @@ class Engine:
         pieces = cut_block(split, x)[0].contiguous()
         t_split = self.now()
         prep = Prepared(split, x, code.encode(pieces).contiguous(), pieces, reply)
+        prep.split_s, prep.encode_s = t_split - t_start, self.now() - t_split
         counts = dict(n_enc=0.0, n_cmp=float(flops), n_dec=0.0)
         try:
-            return self._run_round(spec, prep, code, None, (t_start, t_split), counts)
+            return self._run_round(spec, prep, code, None, t_start, counts)
         except RoundShortfall as exc:
             return self.fall_back(spec, exc, t_start, lambda: spec.layers(x))
 
@@ -215,23 +224,38 @@ class Engine:
     def _run_round(
         self,
         spec: ConvSpec | BlockSpec,
-        prep: Prepared,
+        prep: ConvRound | Prepared,
         code: Scheme,
-        bias: torch.Tensor | None,
-        times: tuple[float, float],
+        assembly: Assembly | None,
+        t_start: float,
         counts: dict,
     ) -> torch.Tensor:
-        """Send, collect k of n, decode, merge, and record the round's trace rows."""
-        t_start, t_split = times
+        """Send, collect k of n, decode, merge, and record the round's trace rows.
+
+        A conv round (``assembly``) makes each subtask input as it sends it and puts
+        arriving source pieces into the output while it waits; a block round was
+        encoded before. send_s is the sending alone, wait_s the waiting alone."""
         split = prep.split
-        t_enc = self.now()
+        made_before = prep.split_s + prep.encode_s
         self.round += 1
         self.step += 1
+        prep.assembly = assembly
         ex = self._execute(spec, prep, code, self.round)
+        made_during = prep.split_s + prep.encode_s - made_before
         t_dec0 = self.now()
-        decoded, used = code.decode(ex.outputs)
-        t_dec = self.now()
-        out = merge(decoded, ex.rest, bias)
+        if assembly is not None:
+            placed_waiting = assembly.place_s
+            used, decode_s = assembly.finish(code, ex.outputs)
+            out, merge_s = assembly.out, assembly.place_s
+        else:
+            placed_waiting = 0.0
+            decoded, used = code.decode(ex.outputs)
+            decode_s = self.now() - t_dec0
+            t_merge = self.now()
+            out = merge(decoded, ex.rest, None)
+            merge_s = self.now() - t_merge
+        if ex.release is not None:
+            ex.release()
         t_end = self.now()
         self.rounds.append(
             dict(
@@ -247,12 +271,12 @@ class Engine:
                 piece_width=split.piece_width,
                 remainder_width=split.remainder_width,
                 start=t_start,
-                split_s=t_split - t_start,
-                encode_s=t_enc - t_split,
-                send_s=ex.send_s,
-                wait_s=ex.wait_s,
-                decode_s=t_dec - t_dec0,
-                merge_s=t_end - t_dec,
+                split_s=prep.split_s,
+                encode_s=prep.encode_s,
+                send_s=max(0.0, ex.send_s - made_during),
+                wait_s=max(0.0, ex.wait_s - placed_waiting),
+                decode_s=decode_s,
+                merge_s=merge_s,
                 remainder_s=ex.remainder_s,
                 total_s=t_end - t_start,
                 n_used=len(used),
@@ -264,9 +288,7 @@ class Engine:
                 used_rows=",".join(str(i) for i in used),
                 **counts,
                 fallback=False,
-                systematic_shortcut=bool(
-                    getattr(code, "systematic", False) and sorted(used) == list(range(code.k))
-                ),
+                systematic_shortcut=no_arithmetic(code, used),
             )
         )
         for row in ex.subtasks:
@@ -286,6 +308,11 @@ class Engine:
 
 
 FAILED_STATUSES = ("failed", "dead", "timeout")
+
+
+def no_arithmetic(code: Scheme, used: list[int]) -> bool:
+    """Did decoding only place outputs? (every used subtask carried source pieces)"""
+    return bool(getattr(code, "systematic", False)) and all(i < code.k for i in used)
 
 
 def flop_counts(spec: ConvSpec, x: torch.Tensor, code: Scheme) -> dict:
@@ -315,7 +342,7 @@ class LocalEngine(Engine):
         order = list(self.order) if self.order is not None else list(range(code.n))
         order = [i for i in order if i < code.n]  # narrow layers may use fewer subtasks
         outputs = {
-            i: compute(spec, prep.coded[i], masks_for(spec, prep, i))
+            i: compute(spec, prep.subtask_input(i), masks_for(spec, prep, i))
             for i in order
             if i not in self.silent
         }
@@ -328,7 +355,7 @@ class LocalEngine(Engine):
                     f"{code.describe()} cannot decode"
                 )
             issued += 1
-            outputs[j] = worker_conv(spec, code.subtask_input(prep.pieces, j))
+            outputs[j] = worker_conv(spec, prep.subtask_input(j))
         return Execution(
             outputs=outputs,
             rest=rest_output(spec, prep),

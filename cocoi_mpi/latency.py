@@ -5,9 +5,10 @@ Pure numpy, no I/O besides :meth:`Profile.save` / :meth:`Profile.load`.
 Every phase time follows the shift-exponential F_SE(t; mu, theta, N) of eq. 7: a
 minimum N*theta plus an exponential excess of mean N/mu, where N is the phase's scale
 (FLOPs for computation, bytes for transmission). The scales of one layer split into k
-(eq. 8-12) are generalised to m width pieces per subtask: the default ``rotation``
-code cuts k*m pieces of floor(W_O/(k*m)) columns and its generator is (n*m x k*m).
-With m = 1 every count is exactly the paper's.
+(eq. 8-12) are generalised to m width pieces per subtask (m = 2 for the ``rotation``
+code, whose generator is (n*m x k*m)). The runtime cuts k*m pieces of
+ceil(W_O/(k*m)) columns that cover the whole width (the paper's floor leaves columns
+for the master, footnote 2). With m = 1 and k*m dividing W_O every count is the paper's.
 
 - :func:`approx_latency` is L(k) of eq. 16 (the overlap term h4 of eq. 18 included,
   because N^rec is computed from the true piece width W_I^p).
@@ -280,10 +281,10 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
 class Counts:
     """Scales N of the five phases (eq. 8-12); arrays over k when k is an array.
 
-    ``rest`` is not in the paper: the FLOPs of the W_O - k*m*W_O^p remainder columns
-    the master computes while the workers run (footnote 2). Footnote 2 calls it never
-    the bottleneck; with m = 2 on a 14-column layer it can be 40% of the layer, so the
-    model takes max(T^w_{n:k}, T^rest). It is 0 when k*m divides W_O and when relaxed.
+    ``rest`` is not in the paper: the FLOPs of columns the master computes itself while
+    the workers run (footnote 2), modelled as max(T^w_{n:k}, T^rest). A conv's pieces
+    now cover its whole width (ceil widths, the last cropped), so it is 0 for convs; a
+    learned-code block (equal floor-width pieces, trained for that width) keeps one.
     """
 
     enc: np.ndarray
@@ -302,10 +303,11 @@ _COUNT_FIELDS = ("enc", "cmp", "rec", "sen", "dec", "rest")
 
 
 def piece_width(shape: LayerShape, k: Any, m: int = 1, relaxed: bool = False) -> np.ndarray:
-    """W_O^p(k) = floor(W_O/(k*m)); W_O/(k*m) when ``relaxed`` (section IV-A)."""
+    """W_O^p(k) = ceil(W_O/(k*m)), as the runtime cuts (pieces cover the whole width,
+    the last one cropped); W_O/(k*m) when ``relaxed`` (section IV-A)."""
     k = np.asarray(k, dtype=float)
     w = shape.w_out / (k * m)
-    return w if relaxed else np.floor(w)
+    return w if relaxed else np.ceil(w)
 
 
 def layer_counts(shape: LayerShape, n: int, k: Any, m: int = 1, relaxed: bool = False) -> Counts:
@@ -315,7 +317,7 @@ def layer_counts(shape: LayerShape, n: int, k: Any, m: int = 1, relaxed: bool = 
     halo overlap between pieces (appendix C's I_ov) is part of N^rec and N^enc.
     """
     w_op = piece_width(shape, k, m, relaxed)
-    if not relaxed and np.any(w_op < 1):
+    if not relaxed and np.any(np.asarray(k) * m > shape.w_out):
         raise ValueError(f"{shape.name or 'layer'}: k*m exceeds the output width {shape.w_out}")
     k = np.asarray(k, dtype=float)
     w_ip = shape.span + (w_op - 1.0) * shape.stride_w
@@ -328,7 +330,7 @@ def layer_counts(shape: LayerShape, n: int, k: Any, m: int = 1, relaxed: bool = 
         rec=float(BYTES_PER_VALUE * m) * plane_in,
         sen=float(BYTES_PER_VALUE * m) * plane_out,
         dec=2.0 * km**2 * plane_out,
-        rest=shape.flops_per_column * (shape.w_out - km * w_op),
+        rest=np.zeros_like(w_op),  # the pieces cover the width: nothing left for the master
     )
 
 

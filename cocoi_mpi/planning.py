@@ -101,7 +101,7 @@ def plan_layer(
     ``method``: "auto" = k° (closed form, the paper's practical choice), "star" = k*
     (Monte Carlo argmin, needs ``samples`` > 0), or an int k (clamped to what fits).
     ``search`` is how k° is found (see :func:`cocoi_mpi.latency.k_circ`); the default
-    "integer" sees the master's remainder columns, "relaxed" is the paper's procedure.
+    "integer" sees the integer piece widths, "relaxed" is the paper's procedure.
     Blocks have no relaxed L, so their k° is always the integer argmin of L(k).
     """
     name = shape.name if isinstance(shape, LayerShape) else "+".join(s.name for s in shape)

@@ -81,6 +81,29 @@ def equal_pieces(width: int, pieces: int) -> tuple[list[Range], Range | None]:
     return ranges, rest
 
 
+def covering_pieces(width: int, pieces: int) -> list[Range]:
+    """Cut ``width`` output columns into ``pieces`` ranges of ceil(width/pieces) each.
+
+    The ranges cover the whole width, the last one reaching past it: the columns
+    past ``width`` are computed from zero padding and cropped, so no column is left
+    for the master (footnote 2's remainder is gone)."""
+    if pieces < 1:
+        raise ValueError(f"pieces must be >= 1, got {pieces}")
+    if pieces > width:
+        raise ValueError(f"cannot cut width {width} into {pieces} pieces")
+    piece = -(-width // pieces)
+    return [(i * piece, (i + 1) * piece) for i in range(pieces)]
+
+
+def tightest_pieces(width: int, pieces: int) -> int:
+    """The fewest pieces of the width that ``pieces`` would give that still cover ``width``.
+
+    28 columns in 8 pieces are 4 columns each, and 7 such pieces already cover them:
+    the same per-worker load with fewer pieces leaves more subtasks to spare."""
+    piece = -(-width // pieces)
+    return -(-width // piece)
+
+
 @dataclass(frozen=True)
 class SubtaskGeom:
     """Where one output piece comes from: its input slice and the padding to add."""
@@ -122,10 +145,12 @@ def block_subtask(layers: Sequence[AxisGeom], in_size: int, out: Range) -> Subta
 
 @dataclass(frozen=True)
 class LayerSplit:
-    """The k*m equal pieces of one conv, in padded input coordinates, plus the rest.
+    """The k*m equal pieces of one conv, in padded input coordinates.
 
-    The master pads the whole input once and slices it, so every piece has the same
-    width W_I^P = span + (W_O^P - 1) * stride: the linear code needs equal shapes.
+    Every piece has the same width W_I^P = span + (W_O^P - 1) * stride (the linear code
+    needs equal shapes); the last piece may reach past the padded input, where the
+    master adds zeros, and past the output width, where it crops. ``rest_out`` and
+    ``rest_in`` are always None: kept so traces keep their remainder_width column.
     """
 
     width_out: int
@@ -144,12 +169,12 @@ class LayerSplit:
 
 
 def split_layer(geom: AxisGeom, in_size: int, pieces: int) -> LayerSplit:
-    """Cut one conv's output width into ``pieces`` and map each piece to its input."""
+    """Cut one conv's output width into ``pieces`` that cover it and map each piece to
+    its input (padded coordinates; past the padded input the master adds zeros)."""
     width = geom.out_size(in_size)
-    outs, rest = equal_pieces(width, pieces)
+    outs = covering_pieces(width, pieces)
     ins = tuple(geom.padded_input_range(o) for o in outs)
-    rest_in = None if rest is None else geom.padded_input_range(rest)
-    return LayerSplit(width, tuple(outs), ins, rest, rest_in)
+    return LayerSplit(width, tuple(outs), ins, None, None)
 
 
 def overlap_columns(geom: AxisGeom) -> int:

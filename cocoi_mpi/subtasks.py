@@ -12,7 +12,7 @@ import torch
 
 from .blocks import BlockSpec, run_block, run_rest
 from .codes import Scheme
-from .convtask import ConvSpec, Prepared, remainder, worker_conv
+from .convtask import ConvRound, ConvSpec, Prepared, worker_conv
 
 Range = tuple[int, int]
 
@@ -26,23 +26,27 @@ def compute(
     return worker_conv(spec, x)
 
 
-def masks_for(spec: ConvSpec | BlockSpec, prep: Prepared, index: int) -> tuple[Range, ...]:
+def masks_for(
+    spec: ConvSpec | BlockSpec, prep: ConvRound | Prepared, index: int
+) -> tuple[Range, ...]:
     """Inner-conv masks of a block's systematic piece; parity pieces and convs have none."""
     if isinstance(spec, BlockSpec) and index < prep.split.k:
         return prep.split.pieces[index].masks
     return ()
 
 
-def reply_shape(spec: ConvSpec | BlockSpec, prep: Prepared, code: Scheme) -> tuple[int, ...]:
+def reply_shape(
+    spec: ConvSpec | BlockSpec, prep: ConvRound | Prepared, code: Scheme
+) -> tuple[int, ...]:
     """Shape of one subtask's output: (m, C_out, H_out, piece width)."""
     if isinstance(spec, BlockSpec):
         return prep.reply
-    height = spec.height_geom.out_size(prep.padded.shape[2])
+    height = spec.height_geom.out_size(prep.height)
     return (code.pieces_per_task, spec.weight.shape[0], height, prep.split.piece_width)
 
 
-def rest_output(spec: ConvSpec | BlockSpec, prep: Prepared) -> torch.Tensor | None:
+def rest_output(spec: ConvSpec | BlockSpec, prep: ConvRound | Prepared) -> torch.Tensor | None:
     """The master's share of the columns (no bias for convs: added after decoding)."""
     if isinstance(spec, BlockSpec):
         return run_rest(spec, prep.split, prep.padded)
-    return remainder(spec, prep)
+    return None  # a conv round covers every column with its pieces

@@ -17,7 +17,7 @@ from torch import nn
 
 from cocoi_mpi.engine import CodedConv, LocalEngine, RoundShortfall, install, type1_convs
 from cocoi_mpi.models import build_model, input_shape
-from cocoi_mpi.split import split_layer
+from cocoi_mpi.split import split_layer, tightest_pieces
 
 N = 6
 REL_TOL = 1e-5
@@ -229,7 +229,9 @@ def test_systematic_rotation_code_matches(references, name):
     model, x, want = references[name]
     with torch.no_grad():
         for silent in [(), (0,), (1, 4)]:
-            net, engine, _ = coded(model, N, 3, silent=frozenset(silent), systematic=True)
+            net, engine, _ = coded(
+                model, N, 3, silent=frozenset(silent), systematic=True, code="rotation"
+            )
             assert rel_diff(net(x), want) < REL_TOL, silent
             rows, _ = engine.take_rows()
             assert all(row["systematic_shortcut"] == (not silent) for row in rows)
@@ -258,8 +260,8 @@ def test_more_silent_workers_than_n_minus_k_cannot_decode(references, name):
     """Such a round is a shortfall: an error when asked for, else the master computes
     the layer itself (exact, and flagged as a fallback in the round's row)."""
     model, x, want = references[name]
-    for k in (1, 3, N):
-        silent = frozenset(range(N - k + 1))
+    for k, lost in ((1, N), (3, N - 1), (N, N - 1)):  # narrow layers may use a smaller k
+        silent = frozenset(range(lost))
         net, engine, _ = coded(model, N, k, silent=silent)
         engine.on_shortfall = "error"
         with torch.no_grad(), pytest.raises(RoundShortfall, match="cannot decode"):
@@ -361,6 +363,7 @@ def expected_rows(model, x, n, k, m=2):
         k_layer = min(k, w_out // m)
         if k_layer < 1:
             continue  # cannot be split: runs locally, no round
+        k_layer = -(-tightest_pieces(w_out, k_layer * m) // m)  # same width, fewer pieces
         pieces = k_layer * m
         rows.append(
             dict(
@@ -368,8 +371,8 @@ def expected_rows(model, x, n, k, m=2):
                 w_in=w_in,
                 width_out=w_out,
                 k=k_layer,
-                piece_width=w_out // pieces,
-                remainder_width=w_out - pieces * (w_out // pieces),
+                piece_width=-(-w_out // pieces),
+                remainder_width=0,  # the pieces cover the whole width
             )
         )
     return rows
@@ -380,7 +383,7 @@ def expected_rows(model, x, n, k, m=2):
 def test_rows_record_one_round_per_type1_conv_with_its_geometry(references, name, k):
     model, x, _ = references[name]
     silent = frozenset(range(0, 2 * (N - k), 2)[:2])  # e.g. workers 1 and 3 never reply
-    net, engine, specs = coded(model, N, k, silent=silent)
+    net, engine, specs = coded(model, N, k, silent=silent, code="rotation")
     want = expected_rows(model, x, N, k)
     spec_by_name = {s.name: s for s in specs}
     with torch.no_grad():
@@ -418,25 +421,39 @@ def test_rows_record_one_round_per_type1_conv_with_its_geometry(references, name
 
 def test_odd_model_caps_k_on_narrow_layers_and_skips_unsplittable(references):
     model, x, _ = references["odd"]
-    net, engine, _ = coded(model, N, 6)
+    net, engine, _ = coded(model, N, 6, code="rotation")
     with torch.no_grad():
         net(x)
     rows = {r["layer"]: r for r in engine.take_rows()[0]}
     assert set(rows) == {"odd", "same", "grouped", "rect"}  # 'narrow' has output width 1
-    assert rows["odd"]["k"] == 6 and rows["odd"]["width_out"] == 14
-    assert rows["odd"]["piece_width"] == 1 and rows["odd"]["remainder_width"] == 2
-    assert rows["rect"]["k"] == 3 and rows["rect"]["width_out"] == 7  # 7 // 2 pieces per task
-    assert rows["rect"]["remainder_width"] == 1
+    # 14 columns in 12 pieces would be 2 columns each: 7 pieces of 2 cover them, k = 4
+    assert rows["odd"]["k"] == 4 and rows["odd"]["width_out"] == 14
+    assert rows["odd"]["piece_width"] == 2 and rows["odd"]["remainder_width"] == 0
+    # 7 columns: at most 7 // 2 = 3 subtasks of 2 pieces, of 2 columns; 2 subtasks cover
+    assert rows["rect"]["k"] == 2 and rows["rect"]["width_out"] == 7
+    assert rows["rect"]["remainder_width"] == 0 and rows["rect"]["piece_width"] == 2
 
 
 def test_used_workers_follow_the_arrival_order(references):
     model, x, _ = references["vgg"]
     order = [5, 2, 0, 4, 1, 3]
-    net, engine, _ = coded(model, N, 3, order=order, silent=frozenset({2}))
+    net, engine, _ = coded(model, N, 3, order=order, silent=frozenset({2}), code="rotation")
     with torch.no_grad():
         net(x)
     for row in engine.take_rows()[0]:
         assert row["used_workers"] == "6,1,5"
+        assert row["systematic_shortcut"] is False
+
+
+def test_systematic_decoding_uses_every_arrived_source_then_the_first_parities(references):
+    """The default code keeps sources 0 and 1 (they arrived) and rebuilds only piece 2
+    from the first parity to arrive (subtask 5): used in arrival order is 5, 0, 1."""
+    model, x, _ = references["vgg"]
+    net, engine, _ = coded(model, N, 3, order=[5, 2, 0, 4, 1, 3], silent=frozenset({2}))
+    with torch.no_grad():
+        net(x)
+    for row in engine.take_rows()[0]:
+        assert row["used_rows"] == "5,0,1" and row["used_workers"] == "6,1,2"
         assert row["systematic_shortcut"] is False
 
 

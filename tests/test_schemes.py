@@ -23,6 +23,7 @@ from cocoi_mpi.codes import uncoded as make_uncoded
 from cocoi_mpi.codes.base import Scheme as BaseScheme
 from cocoi_mpi.codes.lt import LTCode, robust_soliton
 from cocoi_mpi.engine import LocalEngine, install
+from cocoi_mpi.split import tightest_pieces
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),
@@ -428,7 +429,9 @@ def test_every_scheme_gives_the_models_logits(reference, scheme, n, k):
     for row in rows:
         width = WIDTHS_OUT[row["layer"]]
         assert row["width_out"] == width and row["pieces_per_worker"] == m
-        assert row["k"] == min(scheme_k(scheme, n, k), width // m), row["layer"]
+        k_fit = min(scheme_k(scheme, n, k), width // m)
+        k_tight = -(-tightest_pieces(width, k_fit * m) // m)  # same width, fewest pieces
+        assert row["k"] == k_tight, row["layer"]
     if scheme == "lt-kl":
         assert [r["k"] for r in rows] == list(WIDTHS_OUT.values())  # one column per symbol
 
@@ -463,7 +466,10 @@ def test_piece_schemes_are_exact_in_any_arrival_order(scheme):
         diff, rows = run_scheme(wide_reference(), scheme, 6, 3, order=order)
         assert diff < 1e-5
         assert len(rows) == 2 and all(r["n_used"] == r["k"] for r in rows)
-        assert all(r["n"] == 6 for r in rows)
+        # uncoded takes the fewest pieces of ceil(W/6) columns (tightest_pieces): 15
+        # columns -> 5 pieces of 3, 8 columns -> 4 pieces of 2; replication keeps 6 workers
+        want = [5, 4] if scheme == "uncoded" else [6, 6]
+        assert [r["n"] for r in rows] == want
 
 
 def test_replication_uses_the_first_arrived_copy_in_the_engine():

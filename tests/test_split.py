@@ -20,6 +20,7 @@ from cocoi_mpi.split import (
     equal_pieces,
     overlap_columns,
     split_layer,
+    tightest_pieces,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -98,36 +99,49 @@ def test_out_size_matches_torch_output_width():
 
 
 def test_each_piece_convolved_alone_equals_its_columns_of_the_full_conv():
+    """Pieces cover the whole output; the last reads zeros past the padded input
+    (the master adds them) and its columns past the output width are cropped."""
     for i, (geom, width, pieces) in enumerate(LAYER_CASES):
         x, w = layer_tensors(geom, width, i)
         full = reference_conv(x, w, geom)
         padded = F.pad(x, (geom.pad_before, geom.pad_after, 0, 0))
         split = split_layer(geom, width, pieces)
-        ranges = list(zip(split.outs, split.ins, strict=True))
-        if split.rest_out is not None:
-            ranges.append((split.rest_out, split.rest_in))
-        for (a_o, b_o), (a_i, b_i) in ranges:
+        extra = max(0, split.ins[-1][1] - padded.shape[-1])
+        padded = F.pad(padded, (0, extra, 0, 0))
+        assert split.rest_out is None and split.remainder_width == 0
+        for (a_o, b_o), (a_i, b_i) in zip(split.outs, split.ins, strict=True):
             assert 0 <= a_i < b_i <= padded.shape[-1], (geom, width, pieces)
             part = conv_no_width_pad(padded[..., a_i:b_i], w, geom)
             assert part.shape[-1] == b_o - a_o, (geom, width, pieces)
-            torch.testing.assert_close(part, full[..., a_o:b_o], rtol=1e-12, atol=1e-12)
+            keep = min(b_o, split.width_out) - a_o  # <= 0: wholly past (layer_k avoids it)
+            if keep > 0:
+                torch.testing.assert_close(
+                    part[..., :keep], full[..., a_o : a_o + keep], rtol=1e-12, atol=1e-12
+                )
 
 
-def test_pieces_are_equal_contiguous_and_the_remainder_covers_the_rest():
+def test_pieces_are_equal_contiguous_and_cover_the_whole_width():
     for geom, width, pieces in LAYER_CASES:
         split = split_layer(geom, width, pieces)
         w_out = geom.out_size(width)
-        piece = w_out // pieces
+        piece = -(-w_out // pieces)
         assert split.width_out == w_out
         assert len(split.outs) == pieces
         assert split.piece_width == piece
         assert list(split.outs) == [(i * piece, (i + 1) * piece) for i in range(pieces)]
-        if w_out % pieces:
-            assert split.rest_out == (pieces * piece, w_out)
-            assert split.remainder_width == w_out - pieces * piece
-        else:
-            assert split.rest_out is None and split.rest_in is None
-            assert split.remainder_width == 0
+        assert split.outs[-1][1] >= w_out
+        assert split.rest_out is None and split.rest_in is None
+        assert split.remainder_width == 0
+
+
+@pytest.mark.parametrize("width", range(1, 60))
+def test_tightest_pieces_keep_the_width_and_cover(width):
+    for pieces in range(1, width + 1):
+        tight = tightest_pieces(width, pieces)
+        piece = -(-width // pieces)
+        assert tight <= pieces
+        assert -(-width // tight) == piece  # the same piece width
+        assert tight * piece >= width > (tight - 1) * piece  # covers, none wholly past
 
 
 def test_piece_input_width_is_span_plus_stride_times_piece_width_minus_one():
