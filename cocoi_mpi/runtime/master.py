@@ -22,6 +22,7 @@ import contextlib
 import os
 import socket
 import time
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -50,7 +51,6 @@ from .protocol import (
     Task,
     data_tag,
     decode_error,
-    reply_buffer,
 )
 
 
@@ -116,6 +116,28 @@ class Pending:
     done: bool = False  # its receive completed (a reply, a notice, or the worker's death)
 
 
+class BufferPool:
+    """Buffers that live as long as the run, handed out by (shape, dtype).
+
+    A buffer comes back once nothing MPI still uses points into it (its sends done,
+    its receive completed and decoded); a round that finds none free gets a new one,
+    so a slow send never makes the master wait for its buffer."""
+
+    def __init__(self) -> None:
+        self.free: dict[tuple, list] = defaultdict(list)
+        self.made = 0
+
+    def take(self, shape: tuple[int, ...], dtype, make: Callable):
+        key = (tuple(shape), str(dtype))
+        if self.free[key]:
+            return self.free[key].pop()
+        self.made += 1
+        return make(shape, dtype)
+
+    def give(self, buffer) -> None:
+        self.free[(tuple(buffer.shape), str(buffer.dtype))].append(buffer)
+
+
 @dataclass(eq=False)
 class ErrorChannel:
     """The receive a worker's exception report lands in (one per worker)."""
@@ -142,6 +164,7 @@ class Round:
     down: set[int] = field(default_factory=set)  # ranks that failed in this round
     issued: int = 0  # subtasks created so far (streaming schemes add more)
     fault_key: int = 0  # (request, step) key of the injected faults
+    sent: list = field(default_factory=list)  # this round's payload send requests
 
     @property
     def tag(self) -> int:
@@ -193,6 +216,17 @@ class MasterEngine(Engine):
         self.errors = {r: self.post_error_channel(r) for r in self.workers}
         self.stopping = False  # shutdown began: worker errors are logged, not raised
         self.shut_down = False  # every live worker sent its log and waits for the farewell
+        self.inputs = BufferPool()  # subtask-input (send) buffers, per layer shape
+        self.replies = BufferPool()  # reply (receive) buffers
+        self.lent: list[tuple[torch.Tensor, list[MPI.Request]]] = []  # inputs still sending
+
+    def alloc(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """A subtask-input buffer from the pool (see reap_sends for its return)."""
+        return self.inputs.take(shape, dtype, lambda sh, dt: torch.empty(sh, dtype=dt))
+
+    def reply_buffer(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        size = int(np.prod(shape)) + len(TRAILER)
+        return self.replies.take((size,), np.dtype(dtype), lambda sh, dt: np.empty(sh, dt))
 
     def post_error_channel(self, rank: int) -> ErrorChannel:
         buf = bytearray(ERROR_BYTES)
@@ -260,7 +294,7 @@ class MasterEngine(Engine):
             raise
         finally:  # posted receives own their buffers until completed, error or not
             open_ = rnd.open()
-            self.close_round(round_id, open_)
+            self.close_round(rnd, open_)
         t_ready = self.now()
         return Execution(
             outputs=rnd.outputs,
@@ -272,7 +306,15 @@ class MasterEngine(Engine):
             n_failed=len(rnd.failed),
             subtasks=rnd.rows + self.take_resolved(),
             ranks=rnd.ranks,
+            release=lambda: self.release_replies(rnd),
         )
+
+    def release_replies(self, rnd: Round) -> None:
+        """The round is decoded: its completed reply buffers can serve later rounds."""
+        for p in rnd.pending:
+            if p.done and not p.late:
+                self.replies.give(p.buffer)
+        rnd.outputs = {}
 
     def assign(self, index: int) -> int:
         """Subtask i goes to worker i (mod n), dead or alive: a dead one's subtask is
@@ -280,10 +322,10 @@ class MasterEngine(Engine):
         return self.workers[index % len(self.workers)]
 
     def subtask_input(self, rnd: Round, index: int) -> np.ndarray:
-        if index < rnd.prep.coded.shape[0]:
-            return rnd.prep.coded[index].numpy()
-        pieces = rnd.prep.pieces
-        return rnd.code.subtask_input(pieces, index).contiguous().numpy()
+        """Subtask ``index``'s input, made now in its send buffer (a conv round makes
+        each input just before its send, so worker 1 computes while the master still
+        cuts and encodes the others)."""
+        return rnd.prep.subtask_input(index).numpy()
 
     def issue(self, rnd: Round, index: int, rank: int) -> bool:
         """Send subtask ``index`` to ``rank`` and post the receive for its reply.
@@ -322,10 +364,12 @@ class MasterEngine(Engine):
             return self.lose(rnd, index, rank, {**row, "status": "dead"})
         try:
             self.sends.append((self.comm.isend(task, dest=rank, tag=CTRL), None))
-            self.sends.append((self.comm.Isend(payload, dest=rank, tag=rnd.tag), payload))
+            data = self.comm.Isend(payload, dest=rank, tag=rnd.tag)
+            self.sends.append((data, payload))
+            rnd.sent.append(data)
             if fault.fail == "silent":  # never replies: nothing to receive
                 return self.lose(rnd, index, rank, {**row, "status": "failed"})
-            buf = reply_buffer(rnd.out_shape, task.dtype)
+            buf = self.reply_buffer(rnd.out_shape, task.dtype)
             req = self.comm.Irecv(buf, source=rank, tag=rnd.tag)
         except MPI.Exception as exc:  # ULFM: the peer died after our last look
             if not is_proc_failure(exc):
@@ -376,12 +420,20 @@ class MasterEngine(Engine):
                     self.on_failure(rnd, p)
                 elif p.row["status"] != "skipped":
                     rnd.rows.append(p.row)
-                    out = p.buffer[: -len(TRAILER)]
-                    rnd.outputs[p.index] = torch.from_numpy(out).view(p.shape)
+                    out = torch.from_numpy(p.buffer[: -len(TRAILER)]).view(p.shape)
+                    rnd.outputs[p.index] = out
                     rnd.ranks[p.index] = p.rank
+                    self.place_arrival(rnd, p.index, out)
                     self.on_reply(rnd, p)
                 else:
                     rnd.rows.append(p.row)
+
+    def place_arrival(self, rnd: Round, index: int, out: torch.Tensor) -> None:
+        """A subtask that carries source pieces goes into the layer output at once,
+        while the master still waits for the others."""
+        assembly = getattr(rnd.prep, "assembly", None)
+        if assembly is not None:
+            assembly.place_subtask(rnd.code, index, out)
 
     def deadline(self, rnd: Round) -> float | None:
         timeout = self.layer_timeouts.get(rnd.spec.name, self.round_timeout)
@@ -463,6 +515,7 @@ class MasterEngine(Engine):
             if item.late:
                 self.late.remove(item)
                 self.resolved.append(mark_late(item.row))
+                self.replies.give(item.buffer)
             else:
                 mine.append(item)
         if report is not None:  # only after every completed request is recorded
@@ -502,13 +555,17 @@ class MasterEngine(Engine):
         if channel is not None and channel.request:
             cancel(channel.request)
 
-    def close_round(self, round_id: int, open_: list[Pending]) -> None:
-        """Tell workers still owing a reply that the round is decoded; keep their receives."""
+    def close_round(self, rnd: Round, open_: list[Pending]) -> None:
+        """Tell workers still owing a reply that the round is decoded; keep their receives.
+        The round's input buffer goes back to the pool once its sends are done."""
         for rank in sorted({p.rank for p in open_} - set(self.dead)):
-            self.post_control(Done((round_id,)), rank)
+            self.post_control(Done((rnd.round_id,)), rank)
         for p in open_:
             p.late = True
         self.late.extend(open_)
+        buffer = getattr(rnd.prep, "buffer", None)
+        if buffer is not None:
+            self.lent.append((buffer, rnd.sent))
         self.reap_sends()
 
     def post_control(self, message: object, rank: int) -> None:
@@ -531,6 +588,13 @@ class MasterEngine(Engine):
                 if not is_proc_failure(exc):
                     raise
         self.sends = kept
+        still = []
+        for buffer, requests in self.lent:
+            if any(requests):  # a request is falsy once completed (MPI_REQUEST_NULL)
+                still.append((buffer, requests))
+            else:
+                self.inputs.give(buffer)
+        self.lent = still
 
     def take_resolved(self) -> list[dict]:
         rows, self.resolved = self.resolved, []
