@@ -26,15 +26,66 @@ def main() -> None:
     type=click.Path(file_okay=False),
     help="Also write PNG figures (latency per scheme and level, per-layer split) here.",
 )
-def report(path: str, csv_dir: str | None, plots_dir: str | None) -> None:
+@click.option(
+    "--timeline",
+    "timeline_out",
+    type=click.Path(dir_okay=False),
+    help="Also write OUT.json (Chrome/Perfetto trace events) and OUT.png (Gantt chart): "
+    "one track per rank for the chosen requests (docs/timeline.md).",
+)
+@click.option(
+    "--timeline-requests",
+    help="Requests for --timeline, e.g. 0,3. [default: the first; in a sweep the first "
+    "of each scheme]",
+)
+def report(
+    path: str,
+    csv_dir: str | None,
+    plots_dir: str | None,
+    timeline_out: str | None,
+    timeline_requests: str | None,
+) -> None:
     """Summarise an HDF5 trace (also one from a killed job)."""
     from .report import TraceError, report_main
+    from .timeline import TimelineError
 
+    wanted = _timeline_requests(timeline_out, timeline_requests)
     try:
+        plan = _timeline_plan(path, timeline_out, wanted)
         report_main(path, csv_dir, plots_dir)
-    except (TraceError, RuntimeError) as exc:  # RuntimeError: --plots without matplotlib
+        if plan is not None:
+            from .timeline import write_timeline
+
+            for written in write_timeline(*plan):
+                click.echo(f"wrote {written}")
+    except (TraceError, TimelineError, RuntimeError) as exc:  # RuntimeError: no matplotlib
         click.echo(f"cocoi: error: {exc}", err=True)
         sys.exit(1)
+
+
+def _timeline_requests(out: str | None, text: str | None) -> tuple[int, ...] | None:
+    """--timeline-requests as ints; it means nothing without --timeline."""
+    if text is None:
+        return None
+    if out is None:
+        raise click.BadParameter("needs --timeline OUT", param_hint="--timeline-requests")
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        msg = f"expected request numbers like 0,3, got {text!r}"
+        raise click.BadParameter(msg, param_hint="--timeline-requests") from None
+
+
+def _timeline_plan(path: str, out: str | None, wanted: tuple[int, ...] | None):
+    """(trace, out, requests) for write_timeline, or None without --timeline. The
+    requests are checked before the summary prints, so a bad one fails at once."""
+    if out is None:
+        return None
+    from .timeline import pick_requests
+    from .traces import read_trace
+
+    trace = read_trace(path)
+    return trace, out, pick_requests(trace, wanted)
 
 
 @main.command()
