@@ -80,11 +80,12 @@ def test_cli_markdown_table():
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
-    assert len(lines) == 2 + 2 * 2  # header, rule, 2 codes x 2 ks
+    assert len(lines) == 2 + 3 * 2  # header, rule, 3 codes x 2 ks
     assert all(line.startswith("|") and line.endswith("|") for line in lines)
     assert set(lines[1]) <= set("|-")
     assert lines[1].count("|") == lines[0].count("|")
-    assert "| rotation | yes | 2 |" in lines[2]
+    assert "| stable | yes | 2 |" in lines[2]  # the default, systematic as built
+    assert "| rotation | yes | 2 |" in lines[4]
 
 
 @pytest.mark.parametrize("args", [["--k", "11"], ["--code", "nope"]])
