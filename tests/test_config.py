@@ -35,7 +35,7 @@ def test_defaults_resolve_n_and_k_from_the_world_size(world, n, k):
 
 def test_default_values():
     cfg = build_config(None, {}, 4)
-    assert cfg.model == "vgg16" and cfg.code == "rotation" and cfg.requests == 1
+    assert cfg.model == "vgg16" and cfg.code == "stable" and cfg.requests == 1
     assert cfg.systematic is False and cfg.silent == () and cfg.check is True
 
 
