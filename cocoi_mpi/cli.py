@@ -247,9 +247,10 @@ _m_opt = click.option(
     "--m",
     "m",
     type=click.IntRange(min=1),
-    default=2,
+    default=1,
     show_default=True,
-    help="Width pieces per subtask (2 for the default rotation code, 1 for vandermonde).",
+    help="Width pieces per subtask (1 for the default stable code and vandermonde, 2 for "
+    "rotation).",
 )
 
 
@@ -432,7 +433,7 @@ def fit(trace: str, out: str, plot: str | None, method: str) -> None:
         sys.exit(1)
     profile.save(out)
     click.echo(f"{'phase':6s} {'theta':>12s} {'1/mu':>12s} {'KS':>7s} {'samples':>8s}")
-    for phase in ("m", "rec", "cmp", "sen"):
+    for phase in ("m", "rec", "cmp", "sen", "code")[: 4 + (profile.code is not None)]:
         se = profile.phase(phase)
         count = profile.meta["samples"][phase]
         click.echo(

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .latency import PHASES, Profile, ShiftExp, se_cdf
+from .latency import BYTES_PER_VALUE, CODE_PHASE, PHASES, Profile, ShiftExp, coding_bytes, se_cdf
 from .scenarios import transfer_s
 
 FIT_METHODS = ("mle", "unbiased", "quantile")
@@ -136,10 +136,41 @@ def trace_samples(trace: object) -> dict[str, tuple[np.ndarray, np.ndarray]]:
             np.concatenate([rounds["encode_s"], rounds["decode_s"]]).astype(float),
             np.concatenate([rounds["n_enc"], rounds["n_dec"]]).astype(float),
         ),
+        CODE_PHASE: coding_samples(rounds, subtasks),
         "rec": (subtasks["worker_recv_s"][ok] + link_in, bytes_in),
         "cmp": (subtasks["worker_compute_s"][ok], n_cmp),
         "sen": (subtasks["worker_send_s"][ok] + link_out, bytes_out),
     }
+
+
+def coding_samples(rounds: Mapping, subtasks: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """(cut + encode + decode + place seconds, bytes touched) per conv round.
+
+    The bytes follow :func:`cocoi_mpi.latency.coding_bytes` from the round's n, k, m
+    and one subtask's input and output sizes (bytes_in, bytes_out carry m pieces).
+    Rounds that fell back to the master or whose subtasks are unknown are left out."""
+    size_in, size_out = {}, {}
+    for r, b_in, b_out in zip(
+        subtasks["round"].tolist(),
+        subtasks["bytes_in"].tolist(),
+        subtasks["bytes_out"].tolist(),
+        strict=True,
+    ):
+        size_in.setdefault(r, b_in)
+        size_out.setdefault(r, b_out)
+    t, scale = [], []
+    for i, r in enumerate(rounds["round"].tolist()):
+        if rounds["fallback"][i] or r not in size_in or rounds["n_enc"][i] <= 0:
+            continue
+        n, k, m = (int(rounds[c][i]) for c in ("n", "k", "pieces_per_worker"))
+        if min(n, k, m) < 1:  # a row without its geometry (hand-made traces)
+            continue
+        per = BYTES_PER_VALUE * m
+        moved = coding_bytes(n, k, m, size_in[r] / per, size_out[r] / per)
+        phases = ("split_s", "encode_s", "decode_s", "merge_s")
+        t.append(sum(float(rounds[c][i]) for c in phases))
+        scale.append(float(moved))
+    return np.array(t, dtype=float), np.array(scale, dtype=float)
 
 
 def fit_samples(
@@ -153,6 +184,11 @@ def fit_samples(
             fits[phase] = fit_shift_exp(t, n_scale, method)
         except ValueError as exc:
             raise TraceFitError(f"{source or 'samples'}: phase {phase!r}: {exc}") from None
+    if CODE_PHASE in samples:  # optional: traces of learned-code runs have no conv rounds
+        try:
+            fits[CODE_PHASE] = fit_shift_exp(*samples[CODE_PHASE], method)
+        except ValueError:
+            pass
     return Profile(
         **{p: f.shift_exp for p, f in fits.items()},
         ks={p: f.ks for p, f in fits.items()},

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from .convtask import ConvSpec
 
 PHASES = ("m", "rec", "cmp", "sen")
+CODE_PHASE = "code"  # optional: the master's coding, per byte it touches
 BYTES_PER_VALUE = 4  # float32 feature maps (the 4 in eq. 10-11)
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
@@ -103,9 +104,13 @@ class ShiftExp:
 
 @dataclass(frozen=True)
 class Profile:
-    """The four phases of the model: master compute "m", worker "rec", "cmp", "sen".
+    """The phases of the model: master compute "m", worker "rec", "cmp", "sen", and
+    optionally "code", the master's coding work (cut, encode, decode, place).
 
-    Units: "m" and "cmp" per FLOP, "rec" and "sen" per byte. ``ks`` holds the
+    Units: "m" and "cmp" per FLOP, "rec" and "sen" per byte, "code" per byte touched:
+    the coding is a few multiply-adds per value moved, so memory, not arithmetic,
+    bounds it (8-16 GFLOP/s against 66 for a conv, issue 15). Without "code" (older
+    profile files) the coding is priced per FLOP with "m", as the paper does. ``ks`` holds the
     Kolmogorov-Smirnov distance of each fitted phase (empty for hand-made profiles);
     ``meta`` says where the numbers come from.
     """
@@ -114,10 +119,13 @@ class Profile:
     rec: ShiftExp
     cmp: ShiftExp
     sen: ShiftExp
+    code: ShiftExp | None = None
     ks: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
     def phase(self, name: str) -> ShiftExp:
+        if name == CODE_PHASE and self.code is not None:
+            return self.code
         if name not in PHASES:
             raise KeyError(f"unknown phase {name!r}; expected one of {PHASES}")
         return getattr(self, name)
@@ -130,6 +138,9 @@ class Profile:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {p: asdict(self.phase(p)) for p in PHASES}
         out["units"] = {"m": "s/FLOP", "cmp": "s/FLOP", "rec": "s/byte", "sen": "s/byte"}
+        if self.code is not None:
+            out[CODE_PHASE] = asdict(self.code)
+            out["units"][CODE_PHASE] = "s/byte"
         out["ks"] = dict(self.ks)
         out["meta"] = dict(self.meta)
         return out
@@ -138,6 +149,9 @@ class Profile:
     def from_dict(cls, data: dict[str, Any]) -> Profile:
         try:
             phases = {p: ShiftExp(float(data[p]["mu"]), float(data[p]["theta"])) for p in PHASES}
+            if CODE_PHASE in data:
+                code = data[CODE_PHASE]
+                phases[CODE_PHASE] = ShiftExp(float(code["mu"]), float(code["theta"]))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"profile lacks {exc}; need {PHASES}, each with mu, theta") from None
         return cls(**phases, ks=dict(data.get("ks", {})), meta=dict(data.get("meta", {})))
@@ -159,7 +173,8 @@ def pi4_profile() -> Profile:
     Compute: VGG16's 13 convs are 30.7 GFLOPs and take 99.43% of 50.8 s locally
     (appendix A): 1.645 ns/FLOP on average. The wired master gets 90% of that as its
     minimum, workers 80%. Links: ~100 Mbit/s effective WiFi (appendix B's limit),
-    80 ns/byte minimum and a mean excess of half that.
+    80 ns/byte minimum and a mean excess of half that. Coding: a Pi 4B copies about
+    2 GB/s (read + write), 0.5 ns per byte touched, with a 10% mean excess.
     """
     flop = 50.8 * 0.9943 / 30.7e9
     return Profile(
@@ -167,6 +182,7 @@ def pi4_profile() -> Profile:
         rec=ShiftExp(mu=1.0 / 40e-9, theta=80e-9),
         cmp=ShiftExp(mu=1.0 / (0.2 * flop), theta=0.8 * flop),
         sen=ShiftExp(mu=1.0 / 40e-9, theta=80e-9),
+        code=ShiftExp(mu=1.0 / 0.05e-9, theta=0.5e-9),
         meta={"source": "built-in Raspberry Pi 4B + WiFi profile (docs/latency.md)"},
     )
 
@@ -293,13 +309,14 @@ class Counts:
     sen: np.ndarray
     dec: np.ndarray
     rest: np.ndarray | float = 0.0
+    code_bytes: np.ndarray | float = 0.0  # bytes the master's coding touches (0: FLOP-priced)
 
     def at(self, idx: Any) -> Counts:
         """The counts of some of the k values (indexing every field alike)."""
         return Counts(*(np.asarray(getattr(self, f))[idx] for f in _COUNT_FIELDS))
 
 
-_COUNT_FIELDS = ("enc", "cmp", "rec", "sen", "dec", "rest")
+_COUNT_FIELDS = ("enc", "cmp", "rec", "sen", "dec", "rest", "code_bytes")
 
 
 def piece_width(shape: LayerShape, k: Any, m: int = 1, relaxed: bool = False) -> np.ndarray:
@@ -331,7 +348,38 @@ def layer_counts(shape: LayerShape, n: int, k: Any, m: int = 1, relaxed: bool = 
         sen=float(BYTES_PER_VALUE * m) * plane_out,
         dec=2.0 * km**2 * plane_out,
         rest=np.zeros_like(w_op),  # the pieces cover the width: nothing left for the master
+        code_bytes=coding_bytes(n, k, m, plane_in, plane_out),
     )
+
+
+def coding_bytes(n: int, k: Any, m: int, plane_in: Any, plane_out: Any) -> np.ndarray:
+    """Bytes the master's coding of one round touches, as the runtime does it.
+
+    Cut: read + write the k*m source pieces into their send buffers. Encode: read the
+    sources, write the parities (n - k for the systematic m = 1 code; n*m coded pieces
+    otherwise). Decode: read the k*m used outputs, write the missing pieces (expected
+    k(n-k)/n of them when any k of n arrive first in random order; all k*m for a
+    non-systematic code). Place: read + write every output piece."""
+    k = np.asarray(k, dtype=float)
+    km = k * m
+    if m == 1:
+        encode = (km + (n - k)) * plane_in
+        decode = (km + k * (n - k) / n) * plane_out
+    else:
+        encode = (km + n * m) * plane_in
+        decode = 2.0 * km * plane_out
+    cut, place = 2.0 * km * plane_in, 2.0 * km * plane_out
+    return BYTES_PER_VALUE * (cut + encode + decode + place)
+
+
+def coding_mean(c: Counts, profile: Profile) -> np.ndarray:
+    """E[T^enc + T^dec]: per byte with the profile's "code" phase when both exist,
+    else per FLOP with "m" (the paper's pricing; learned-code blocks)."""
+    by_bytes = np.asarray(c.code_bytes, float)
+    flops = (np.asarray(c.enc, float) + np.asarray(c.dec, float)) * profile.m.unit_mean
+    if profile.code is None:
+        return flops
+    return np.where(by_bytes > 0, by_bytes * profile.code.unit_mean, flops)
 
 
 def block_counts(layers: Sequence[LayerShape], n: int, k: Any, m: int = 1) -> Counts:
@@ -430,7 +478,7 @@ def approx_from_counts(c: Counts, n_live: int, k: Any, profile: Profile) -> np.n
     """
     theta_sum = c.rec * profile.rec.theta + c.cmp * profile.cmp.theta + c.sen * profile.sen.theta
     mu_sum = c.rec / profile.rec.mu + c.cmp / profile.cmp.mu + c.sen / profile.sen.mu
-    master = (c.enc + c.dec) * profile.m.unit_mean
+    master = coding_mean(c, profile)
     workers = theta_sum + mu_sum * order_term(n_live, k)
     return master + np.maximum(workers, np.asarray(c.rest) * profile.m.unit_mean)
 
@@ -573,11 +621,21 @@ def mc_from_counts(
             w.sort(axis=2)
         order = np.take_along_axis(w, idx, axis=2)[:, :, 0]
         em = rng.standard_exponential((3, s, 1))
-        t_enc = col["enc"] * (profile.m.theta + em[0] / profile.m.mu)
-        t_dec = col["dec"] * (profile.m.theta + em[1] / profile.m.mu)
+        t_code = coding_draws(col, profile, em[0], em[1])
         t_rest = rest * (profile.m.theta + em[2] / profile.m.mu)
-        out[start : start + s] = t_enc + np.maximum(order, t_rest) + t_dec
+        out[start : start + s] = t_code + np.maximum(order, t_rest)
     return out
+
+
+def coding_draws(col: dict, profile: Profile, e1: np.ndarray, e2: np.ndarray) -> np.ndarray:
+    """Draws of T^enc + T^dec from standard exponentials: per byte (one draw) when the
+    profile has a "code" phase and the counts have bytes, else per FLOP (two)."""
+    flops = col["enc"] * (profile.m.theta + e1 / profile.m.mu)
+    flops = flops + col["dec"] * (profile.m.theta + e2 / profile.m.mu)
+    if profile.code is None:
+        return flops
+    by_bytes = col["code_bytes"] * (profile.code.theta + e1 / profile.code.mu)
+    return np.where(col["code_bytes"] > 0, by_bytes, flops)
 
 
 def mc_latency(
@@ -621,9 +679,17 @@ def k_star(
 
 
 def uncoded_counts(shape: LayerShape, n: int) -> Counts:
-    """n pieces of W_O/n (relaxed, as appendix F), no coding: no N^enc, no N^dec."""
+    """n pieces of W_O/n (relaxed, as appendix F), no coding: no N^enc, no N^dec.
+
+    The master still cuts the n pieces and places their outputs (``code_bytes``)."""
     c = layer_counts(shape, n, n, m=1, relaxed=True)
-    return replace(c, enc=np.zeros_like(c.enc), dec=np.zeros_like(c.dec), rest=0.0)
+    w_ip = shape.span + (shape.w_out / n - 1.0) * shape.stride_w
+    plane_in = shape.c_in * shape.h_in * w_ip
+    plane_out = shape.c_out * shape.h_out * shape.w_out / n
+    moved = BYTES_PER_VALUE * 2.0 * n * (plane_in + plane_out)  # cut and place, no coding
+    return replace(
+        c, enc=np.zeros_like(c.enc), dec=np.zeros_like(c.dec), rest=0.0, code_bytes=moved
+    )
 
 
 def uncoded_latency(shape: LayerShape, n: int, profile: Profile) -> float:
@@ -631,7 +697,7 @@ def uncoded_latency(shape: LayerShape, n: int, profile: Profile) -> float:
     c = uncoded_counts(shape, n)
     theta_sum = c.rec * profile.rec.theta + c.cmp * profile.cmp.theta + c.sen * profile.sen.theta
     mu_sum = c.rec / profile.rec.mu + c.cmp / profile.cmp.mu + c.sen / profile.sen.mu
-    return float(theta_sum + mu_sum * math.log(n))
+    return float(theta_sum + mu_sum * math.log(n) + coding_mean(c, profile))
 
 
 def uncoded_mc(

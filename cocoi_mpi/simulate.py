@@ -32,12 +32,20 @@ from __future__ import annotations
 import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
 
-from .latency import Counts, LayerShape, Profile, ShiftExp, k_circ, layer_counts
+from .latency import (
+    BYTES_PER_VALUE,
+    Counts,
+    LayerShape,
+    Profile,
+    ShiftExp,
+    k_circ,
+    layer_counts,
+)
 
 SCHEMES = ("cocoi", "uncoded", "replication", "lt")
 SLOW_FACTOR = 85.2 / 50.8  # the paper's "high-probability" straggler on VGG16
@@ -219,6 +227,23 @@ def _counts(shape: LayerShape, n: int, k: int, m: int, relaxed: bool) -> Counts:
     return layer_counts(shape, n, k, m, relaxed)
 
 
+def _coding_time(rng: np.random.Generator, c: Counts, s: int, profile: Profile) -> np.ndarray:
+    """The master's cut/encode/decode/place per draw: per byte with a "code" phase
+    (what the runtime's coding costs), else the paper's per-FLOP enc + dec."""
+    if profile.code is not None and _scalar(c, "code_bytes") > 0:
+        return profile.code.sample(rng, _scalar(c, "code_bytes"), (s,))
+    enc = _master_time(rng, _scalar(c, "enc"), s, profile)
+    return enc + _master_time(rng, _scalar(c, "dec"), s, profile)
+
+
+def _moved_bytes(c: Counts, subtasks: int, pieces: int) -> Counts:
+    """Uncoded and replication: the master cuts one input per subtask and places one
+    output per piece, both read and written (no coding)."""
+    plane_in, plane_out = c.rec / BYTES_PER_VALUE, c.sen / BYTES_PER_VALUE
+    moved = BYTES_PER_VALUE * 2.0 * (subtasks * plane_in + pieces * plane_out)
+    return replace(c, enc=0.0, dec=0.0, code_bytes=moved)
+
+
 def _chunks(samples: int, per_sample: int, budget: int = 1 << 21) -> list[tuple[int, int]]:
     per = max(1, budget // max(1, per_sample))
     return [(a, min(a + per, samples)) for a in range(0, samples, per)]
@@ -248,9 +273,7 @@ def sim_cocoi(
         else:
             kth = np.partition(w, k - 1, axis=1)[:, k - 1]
         rest = _master_time(rng, _scalar(c, "rest"), s, profile)
-        enc = _master_time(rng, _scalar(c, "enc"), s, profile)
-        dec = _master_time(rng, _scalar(c, "dec"), s, profile)
-        out[a:b] = enc + np.maximum(kth, rest) + dec
+        out[a:b] = _coding_time(rng, c, s, profile) + np.maximum(kth, rest)
     return out
 
 
@@ -264,7 +287,7 @@ def sim_uncoded(
     relaxed: bool = True,
 ) -> np.ndarray:
     """All n pieces of W_O/n must return; failed pieces are re-sent."""
-    c = _counts(shape, n, n, 1, relaxed)
+    c = _moved_bytes(_counts(shape, n, n, 1, relaxed), n, n)
     out = np.empty(samples)
     for a, b in _chunks(samples, 2 * n):
         s = b - a
@@ -272,7 +295,8 @@ def sim_uncoded(
         w[_failure_mask(rng, s, n, sc.failures)] = np.inf
         fresh = _worker_times(rng, c, (s, n), profile, sc) if sc.failures else w
         rest = _master_time(rng, _scalar(c, "rest"), s, profile)
-        out[a:b] = np.maximum(_need_with_resend(w, n, fresh), rest)
+        coding = _coding_time(rng, c, s, profile)
+        out[a:b] = coding + np.maximum(_need_with_resend(w, n, fresh), rest)
     return out
 
 
@@ -289,7 +313,7 @@ def sim_replication(
     k = n // 2
     if k < 1:
         raise ValueError("replication needs n >= 2")
-    c = _counts(shape, n, k, 1, relaxed)
+    c = _moved_bytes(_counts(shape, n, k, 1, relaxed), n, k)
     out = np.empty(samples)
     for a, b in _chunks(samples, 2 * n):
         s = b - a
@@ -298,7 +322,8 @@ def sim_replication(
         pieces = np.minimum(w[:, 0 : 2 * k : 2], w[:, 1 : 2 * k : 2])
         fresh = _worker_times(rng, c, (s, k), profile, sc) if sc.failures else pieces
         rest = _master_time(rng, _scalar(c, "rest"), s, profile)
-        out[a:b] = np.maximum(_need_with_resend(pieces, k, fresh), rest)
+        coding = _coding_time(rng, c, s, profile)
+        out[a:b] = coding + np.maximum(_need_with_resend(pieces, k, fresh), rest)
     return out
 
 

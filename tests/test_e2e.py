@@ -478,7 +478,7 @@ def test_sweep_compares_planned_and_fixed_k(tmp_path):
     assert sorted(req["scheme"]) == ["cocoi:2", "cocoi:auto", "cocoi:star"]
     plans = trace.attrs["plans"]
     for method in ("auto", "star"):
-        plan = {p["name"]: p for p in plans[f"{method}:m=2"]}
+        plan = {p["name"]: p for p in plans[f"{method}:m=1"]}  # the stable code: m = 1
         (request,) = req["request"][req["scheme"] == f"cocoi:{method}"]
         mine = rounds["request"] == request
         assert set(rounds["layer"][mine]) == {n for n, p in plan.items() if p["distribute"]}

@@ -15,6 +15,8 @@ from cocoi_mpi.latency import (
     ShiftExp,
     approx_latency,
     block_counts,
+    coding_bytes,
+    coding_mean,
     counts_for_spec,
     golden_min,
     harmonic_gap,
@@ -358,3 +360,30 @@ def test_profile_json_roundtrip(tmp_path):
     assert back == prof
     with pytest.raises(ValueError):
         Profile.from_dict({"m": {"mu": 1, "theta": 0}})
+
+
+# --------------------------------------------------------------------------- master coding per byte
+
+
+def test_coding_bytes_by_hand():
+    """n = 10, k = 8, m = 1, one input piece of 100 values, one output piece of 50."""
+    got = coding_bytes(10, 8, 1, 100.0, 50.0)
+    cut, encode = 2 * 8 * 100, (8 + 2) * 100
+    decode, place = (8 + 8 * 2 / 10) * 50, 2 * 8 * 50
+    assert got == pytest.approx(4 * (cut + encode + decode + place))
+    assert coding_bytes(10, 10, 1, 100.0, 50.0) == pytest.approx(4 * (2000 + 1000 + 500 + 1000))
+
+
+def test_profile_code_phase_roundtrip_and_old_files_price_per_flop(tmp_path):
+    prof = pi4_profile()
+    assert prof.code is not None
+    path = tmp_path / "p.json"
+    prof.save(path)
+    assert Profile.load(path) == prof
+    old = Profile.from_dict({p: prof.to_dict()[p] for p in ("m", "rec", "cmp", "sen")})
+    assert old.code is None
+    c = layer_counts(VGG, 10, 8)
+    assert coding_mean(c, old) == pytest.approx((c.enc + c.dec) * old.m.unit_mean)
+    assert coding_mean(c, prof) == pytest.approx(c.code_bytes * prof.code.unit_mean)
+    # memory-bound pricing is far below the per-FLOP one for the same round
+    assert coding_mean(c, prof) < 0.5 * coding_mean(c, old)
