@@ -175,3 +175,30 @@ def test_plot_cdfs_direct(tmp_path):
     samples = trace_samples(read_trace(path))
     plot_cdfs(samples, fit_trace(path), tmp_path / "f.png")
     assert (tmp_path / "f.png").exists()
+
+
+def test_coding_samples_pair_each_conv_rounds_coding_time_with_its_bytes():
+    """One conv round (n = 10, k = 8, m = 1), one fallback round (left out)."""
+    from cocoi_mpi.fit import coding_samples
+    from cocoi_mpi.latency import coding_bytes
+
+    rounds = {
+        "round": np.array([1, 2]),
+        "fallback": np.array([False, True]),
+        "n_enc": np.array([1e6, 0.0]),
+        "n": np.array([10, 10]),
+        "k": np.array([8, 8]),
+        "pieces_per_worker": np.array([1, 1]),
+        "split_s": np.array([0.01, 0.0]),
+        "encode_s": np.array([0.02, 0.0]),
+        "decode_s": np.array([0.03, 0.0]),
+        "merge_s": np.array([0.04, 0.0]),
+    }
+    subtasks = {
+        "round": np.array([1, 1, 2]),
+        "bytes_in": np.array([400, 400, 400]),
+        "bytes_out": np.array([200, 200, 200]),
+    }
+    t, scale = coding_samples(rounds, subtasks)
+    np.testing.assert_allclose(t, [0.1])
+    np.testing.assert_allclose(scale, [coding_bytes(10, 8, 1, 100.0, 50.0)])
