@@ -487,3 +487,29 @@ def test_resnet18_through_the_engine():
     assert len(rows) == len(specs) == 19  # 20 convs, the first stays local
     assert all(r["used_workers"] == "4,2" for r in rows)
     assert {r["width_out"] for r in rows} == {56, 28, 14, 7}
+
+
+@pytest.mark.parametrize("k", range(1, N + 1))
+def test_every_erasure_pattern_is_exact_with_no_column_left_to_the_master(references, k):
+    """Issue 15: for the odd-geometry model, every set of up to n - k silent workers
+    decodes exactly, and every round's pieces cover the whole output width."""
+    model, x, want = references["odd"]
+    with torch.no_grad():
+        for lost in range(N - k + 1):
+            for silent in itertools.combinations(range(N), lost):
+                net, engine, _ = coded(model, N, k, silent=frozenset(silent))
+                assert rel_diff(net(x), want) < REL_TOL, (k, silent)
+                rows, _ = engine.take_rows()
+                assert rows and all(r["remainder_width"] == 0 for r in rows), (k, silent)
+                assert all(r["piece_width"] * r["k"] >= r["width_out"] for r in rows)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_lenet5_rounds_leave_no_columns_to_the_master(k):
+    model = build_model("lenet5")
+    x = torch.randn(1, *input_shape("lenet5"), generator=torch.Generator().manual_seed(5))
+    net, engine, _ = coded(model, 4, k, silent=frozenset(range(4 - k)))
+    with torch.no_grad():
+        assert rel_diff(net(x), model(x)) < 1e-4
+    rows = engine.take_rows()[0]
+    assert rows and all(r["remainder_width"] == 0 for r in rows)
