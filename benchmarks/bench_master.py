@@ -10,12 +10,16 @@ are timed on the conv's real input (captured with forward hooks):
 - split:  ``ConvRound.subtask_input(i)`` for the k systematic subtasks;
 - encode: ``subtask_input(k)``, which makes the n-k parity inputs in one product;
 - decode: ``LinearCode.decode_missing`` with e source outputs missing;
-- merge:  ``Assembly.place`` of every piece into the layer output, bias added.
+- merge:  ``Assembly.finish`` with the k systematic outputs: every piece placed into
+          the layer output, then the bias added in one pass (what the master does
+          when nothing is missing, its few microseconds of decode bookkeeping included).
 
-Each phase is the median of ``--reps`` runs after one warm-up, on one torch thread.
-Its floor is the bytes it must read and write over this machine's copy bandwidth,
-measured here with ``dst.copy_(src)`` on ~64 MB (read + write). The whole layer's
-conv on one thread is printed for scale. See docs/master.md.
+Each phase is the median of ``--reps`` runs after one warm-up, on one torch thread,
+in the thread's CPU time (``--clock wall`` for wall time: on a shared machine that
+also counts the time other processes ran instead). Its floor is the bytes it must
+read and write over this machine's copy bandwidth, measured (same clock) with
+``dst.copy_(src)`` on 64 MiB (read + write). The whole layer's conv on one thread is
+printed for scale. See docs/master.md.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ from cocoi_mpi.models import build_model, input_shape
 
 N = 10
 MODELS = ("vgg16", "resnet18")
+# What a phase's time is: the master thread's CPU time (default: on a shared machine,
+# time spent preempted by other processes is not the master's work) or wall time.
+CLOCKS = {"cpu": time.thread_time, "wall": time.perf_counter}
+clock = CLOCKS["cpu"]
 COPY_BYTES = 64 * 2**20
 FLOAT_BYTES = 4
 
@@ -83,10 +91,10 @@ def median_seconds(
     times = []
     for rep in range(reps + 1):
         state = prepare()
-        t0 = time.perf_counter()
+        t0 = clock()
         run(state)
         if rep:  # the first run is the warm-up (code caches, first touch of buffers)
-            times.append(time.perf_counter() - t0)
+            times.append(clock() - t0)
     return statistics.median(times)
 
 
@@ -157,9 +165,10 @@ def decode_seconds(code: LinearCode, outputs: dict[int, torch.Tensor], e: int, r
     return median_seconds(lambda _: code.decode_missing(got, lost), reps)
 
 
-def place_all(assembly: Assembly, outputs: dict[int, torch.Tensor], k: int) -> None:
-    for piece in range(k):
-        assembly.place(piece, outputs[piece][0])
+def merge_all(assembly: Assembly, code: LinearCode, outputs: dict[int, torch.Tensor]) -> None:
+    """The whole merge of a round with nothing missing: place the k source outputs,
+    then the bias pass, through the same ``finish`` the master calls."""
+    assembly.finish(code, {i: outputs[i] for i in range(code.k)})
 
 
 def conv_seconds(layer: Layer, reps: int) -> float:
@@ -193,7 +202,7 @@ def time_layer(
     out_shape = conv_output_shape(spec, x, round_.split)
     bias = layer.conv.bias
     row.time["merge"] = median_seconds(
-        lambda a: place_all(a, outputs, k),
+        lambda a: merge_all(a, code, outputs),
         reps,
         lambda: Assembly(round_.split, out_shape, bias, x.dtype),
     )
@@ -279,6 +288,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, default=N, help="subtasks per round")
     parser.add_argument("--missing", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--reps", type=int, default=15, help="timed runs per phase (median)")
+    parser.add_argument(
+        "--clock", choices=tuple(CLOCKS), default="cpu", help="thread CPU time or wall time"
+    )
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     args.k = args.k or [8, 7]
@@ -288,13 +300,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
+    global clock
     args = parse_args(argv)
+    clock = CLOCKS[args.clock]
     torch.set_num_threads(1)
     started = time.perf_counter()
     bw = copy_bandwidth(max(args.reps, 15))
     print(f"copy bandwidth (read + write, {COPY_BYTES >> 20} MiB): {bw / 1e9:.2f} GB/s")
     print(f"load average at start: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"times in us, median of {args.reps}; cells are time / floor (ratio)")
+    print(f"{args.clock} times in us, median of {args.reps}; cells are time / floor (ratio)")
     print(f"coding % = (split + encode + decode e={max(args.missing)} + merge) / conv\n")
     models = MODELS if args.model == "all" else (args.model,)
     with torch.no_grad():

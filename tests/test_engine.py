@@ -513,3 +513,111 @@ def test_lenet5_rounds_leave_no_columns_to_the_master(k):
         assert rel_diff(net(x), model(x)) < 1e-4
     rows = engine.take_rows()[0]
     assert rows and all(r["remainder_width"] == 0 for r in rows)
+
+
+# --------------------------------------------------------------------------- master's copies
+# fill_piece and Assembly copy narrow column windows as one numpy item per row; the
+# reference here is plain torch slicing and F.pad, bit for bit.
+
+
+INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def as_bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(INT_OF_SIZE[t.element_size()])
+
+
+def bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal bit patterns (NaN payloads included), not just equal values."""
+    return a.shape == b.shape and torch.equal(as_bits(a), as_bits(b))
+
+
+def random_bits(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Any bit pattern of the dtype: NaNs, infinities, subnormals and -0.0 included."""
+    kind = INT_OF_SIZE[torch.empty((), dtype=dtype).element_size()]
+    info = torch.iinfo(kind)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(info.min, info.max, shape, dtype=kind, generator=gen).view(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize(
+    "kernel,stride,dilation,pad,width",
+    [
+        (3, 1, 1, (1, 1), 7),  # 7 wide at k = 7: pieces of 3 input columns
+        (3, 2, 1, (1, 1), 14),
+        (1, 2, 1, (0, 0), 14),  # a 1x1 stride-2 downsample
+        (5, 2, 2, (3, 3), 29),
+        (4, 1, 1, (1, 2), 11),  # asymmetric ("same", even kernel)
+        (3, 1, 1, (1, 1), 56),
+        (7, 2, 1, (3, 3), 33),
+    ],
+)
+def test_fill_piece_and_round_match_torch_slicing_bit_for_bit(
+    dtype, kernel, stride, dilation, pad, width
+):
+    """Every piece is the padded input's columns, bit for bit, whichever path copies it."""
+    from dataclasses import replace
+
+    from cocoi_mpi.codes.linear import LinearCode
+    from cocoi_mpi.convtask import ConvRound, conv_spec, fill_piece, layer_k
+
+    conv = nn.Conv2d(5, 3, (3, kernel), stride=(1, stride), dilation=(1, dilation))
+    spec = replace(conv_spec(0, "c", conv), pad_w=pad)
+    x = random_bits((1, 5, 4, width), dtype, seed=width + kernel)
+    padded = nn.functional.pad(as_bits(x), pad)  # zero bits are 0.0
+    strided = torch.cat([x, x], dim=3)[:, :, :, :width]  # not contiguous: the torch path
+    for k in range(1, layer_k(spec, width, 8, 1) + 1):
+        round_ = ConvRound(spec, x, LinearCode(k + 2, k))
+        other = ConvRound(spec, strided, LinearCode(k + 2, k))
+        for i, (a, b) in enumerate(round_.split.ins):
+            want = padded[0, :, :, a:b]  # the last piece may reach past the padded input
+            want = nn.functional.pad(want, (0, b - a - want.shape[2])).view(dtype)
+            dst = torch.full((5, 4, b - a), float("nan"), dtype=dtype)
+            fill_piece(spec, x, (a, b), dst)
+            assert bit_equal(dst, want), (k, i)
+            assert bit_equal(round_.subtask_input(i)[0], want), (k, i)
+            assert bit_equal(other.subtask_input(i)[0], want), (k, i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    "width,k", [(7, 7), (14, 7), (28, 7), (56, 8), (29, 4), (13, 5), (56, 2), (112, 7)]
+)
+def test_assembly_places_pieces_bit_for_bit(dtype, width, k):
+    """Pieces land in their columns, the last one cropped, from contiguous outputs (numpy
+    path) and from strided ones (torch path) alike."""
+    from cocoi_mpi.codes.linear import LinearCode
+    from cocoi_mpi.convtask import Assembly
+    from cocoi_mpi.split import AxisGeom
+
+    code = LinearCode(k + 2, k)
+    split = split_layer(AxisGeom(1), width, k)
+    w = split.outs[0][1] - split.outs[0][0]
+    pieces = random_bits((k, 6, 3, w), dtype, seed=width)
+    want = torch.cat(list(pieces), dim=2)[:, :, :width].unsqueeze(0)
+    for strided in (False, True):
+        outputs = [torch.cat([p, p], dim=2)[..., :w] if strided else p for p in pieces]
+        assembly = Assembly(split, (1, 6, 3, width), None, dtype)
+        assembly.place(0, outputs[0])  # as a decoded piece is placed
+        for index in range(1, k):
+            assembly.place_subtask(code, index, outputs[index].unsqueeze(0))
+        assert bit_equal(assembly.out, want), strided
+
+
+@pytest.mark.parametrize("e", [1, 2, 3])
+def test_decode_without_stacking_matches_the_stacked_product(monkeypatch, e):
+    """Past STACK_BYTES decode adds rank-1 products instead of stacking the outputs:
+    the same sums in the same order (on MKL bit for bit; checked to float rounding)."""
+    from cocoi_mpi.codes import linear
+
+    gen = torch.Generator().manual_seed(e)
+    k, m = 5, 2
+    blocks = [torch.randn(m, 3, 4, 25, generator=gen) for _ in range(k)]
+    coef = torch.randn(e, k * m, generator=gen)
+    stacked = linear.combine_outputs(coef, blocks)
+    want = coef @ torch.cat(blocks).reshape(k * m, -1)
+    torch.testing.assert_close(stacked, want, rtol=0, atol=0)
+    monkeypatch.setattr(linear, "STACK_BYTES", 0)
+    summed = linear.combine_outputs(coef, blocks)
+    torch.testing.assert_close(summed, stacked, rtol=1e-6, atol=1e-6)
