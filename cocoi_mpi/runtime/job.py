@@ -33,6 +33,7 @@ from ..progress import echo_line, progress
 from ..sweep import Cell, cells, parse_sweep, select_part
 from ..traces import TraceWriter
 from .devices import emulate_devices
+from .idle import GcWatch, Usage
 from .master import Interrupted, MasterEngine, ShutdownTimeout, failed_ranks, ulfm_enabled
 from .protocol import resident_mb
 from .signals import SignalFlag
@@ -218,6 +219,8 @@ class MasterJob:
     requests: int = 1
     blocks: list = field(default_factory=list)  # learning.CodedBlock per codec in use
     block_specs: list = field(default_factory=list)
+    usage: Usage = field(default_factory=Usage)  # the master's CPU and wall s, from set-up's end
+    gc: GcWatch = field(default_factory=GcWatch)  # no collection inside a request
 
     def input_for(self, request: int) -> torch.Tensor:
         return self.inputs[request % len(self.inputs)].unsqueeze(0)
@@ -398,6 +401,8 @@ def master_life(
         comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
         raise
     hosts = engine.setup(job.specs, job.block_specs)
+    job.gc.freeze()  # model, weights, codes: never scanned again
+    job.usage = Usage()
     try:
         return serve_and_report(comm, cfg, echo, signalled, meta, job, engine, hosts)
     finally:  # last: a worker leaves as soon as it has heard it
@@ -449,11 +454,17 @@ def serve_and_report(
         raise
     finally:
         grace = INTERRUPTED_SHUTDOWN_S if status.startswith("interrupted") else 60.0
-        finish(engine, writer, status, grace)
+        finish(engine, writer, status, grace, job)
     return echo_summary(cfg, job, rows, echo)
 
 
-def finish(engine: MasterEngine, writer: TraceWriter | None, status: str, grace: float) -> None:
+def finish(
+    engine: MasterEngine,
+    writer: TraceWriter | None,
+    status: str,
+    grace: float,
+    job: MasterJob | None = None,
+) -> None:
     """Stop the workers, store what they report, and close the file with its status.
 
     Workers that never answer make ShutdownTimeout, raised after the file is closed
@@ -475,11 +486,22 @@ def finish(engine: MasterEngine, writer: TraceWriter | None, status: str, grace:
                 "workers", [{k: v for k, v in log.items() if k != "sends"} for log in logs]
             )
             writer.set_meta("reliability", reliability_meta(engine))
+            if job is not None:
+                for key, value in master_meta(job).items():
+                    writer.set_meta(key, value)
     finally:
         if writer is not None:
             writer.close(status)
     if stuck is not None:
         raise stuck
+
+
+def master_meta(job: MasterJob) -> dict:
+    """The master's CPU and wall seconds since set-up, and its collector's figures:
+    the collections run between requests (count, total, longest) and those that
+    started inside a request anyway (gc_in_request, 0 unless something forced one)."""
+    usage = dict(rank=0, cpu_s=job.usage.cpu_s(), wall_s=job.usage.wall_s())
+    return {"master": usage, **job.gc.meta()}
 
 
 def reliability_meta(engine: MasterEngine) -> dict:
@@ -515,7 +537,10 @@ def serve(
     On a terminal one bar covers every request of every cell (postfix: the cell and the
     last latency); elsewhere one line per request (see cocoi_mpi.progress)."""
     plan = run_cells(cfg)
-    with progress(len(plan) * job.requests, cfg.model, cfg.quiet, unit="req") as bar:
+    with (
+        progress(len(plan) * job.requests, cfg.model, cfg.quiet, unit="req") as bar,
+        job.gc.serving(),
+    ):
         return serve_cells(cfg, job, engine, writer, echo, signalled, plan, bar)
 
 
@@ -538,6 +563,7 @@ def serve_cells(
         for i in range(job.requests):
             if (signame := signalled.name()) is not None:
                 raise Interrupted(f"stopped by {signame}")
+            job.gc.begin()  # no automatic collection until the request is written
             x = job.input_for(i)
             ref = reference(cfg, job, engine, i, references)
             engine.begin_request(len(rows), fault_request=i)
@@ -556,6 +582,7 @@ def serve_cells(
             writer.append("requests", [row])
             writer.append_logits(logits[0].numpy())
             writer.flush()
+            job.gc.end()  # the collection that is due runs here, between requests, timed
             rows.append(row)
             bar.set_postfix_str(cell_postfix(row), refresh=False)
             bar.update(1)

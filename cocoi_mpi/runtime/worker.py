@@ -5,6 +5,14 @@ leaves the master). It drains control messages before computing and again before
 sending, so a task whose round is already decoded is skipped, not computed or sent.
 SIGTERM and SIGINT do not stop a worker: the master decides when the run ends and
 tells every worker with Stop (under mpirun or srun every rank gets the signal).
+
+A worker never waits in a blocking MPI call (Open MPI's spin a core): it probes for
+the next control message, tests its payload's receive and its reply's send, and
+sleeps between tries with a growing back-off (runtime.idle). Its heap is frozen after
+set-up and the cyclic collector runs only when the worker has been idle for a while
+or every GC_EVERY tasks, never in the middle of one. Its log reports the CPU seconds
+it used while serving (``cpu_s``), its compute seconds (``compute_s``, wall time;
+``compute_cpu_s``, CPU time) and the serve loop's wall time (``wall_s``).
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from mpi4py import MPI
 from ..blocks import BlockSpec
 from ..convtask import ConvSpec
 from ..subtasks import compute
+from .idle import Backoff, GcWatch, Usage, poll
 from .master import is_proc_failure
 from .protocol import (
     CTRL,
@@ -42,6 +51,9 @@ from .protocol import (
     encode_error,
     resident_mb,
 )
+
+IDLE_COLLECT_S = 0.5  # a worker idle this long (seconds slept) runs the collector
+GC_EVERY = 200  # ... and so does one busy for this many tasks without a pause
 
 
 def receive_layers(comm: MPI.Comm) -> dict[int, ConvSpec | BlockSpec] | None:
@@ -89,30 +101,64 @@ class WorkerLoop:
     sends: list = field(default_factory=list)  # (round, row, send_s) for the master's trace
     computed: int = 0
     skipped: int = 0
+    compute_s: float = 0.0  # seconds in compute(): the useful work (wall time) ...
+    compute_cpu_s: float = 0.0  # ... and the CPU seconds it took (less when cores are shared)
+    usage: Usage = field(default_factory=Usage)  # CPU and wall seconds since serving began
+    idle: Backoff = field(default_factory=Backoff)  # the wait for the next control message
+    gc: GcWatch = field(default_factory=GcWatch)
+    since_collect: int = 0  # tasks handled since the last collection
 
     def serve(self) -> None:
-        while True:
-            self.drain(block=not self.queue and not self.stopping)
-            if not self.queue:
-                if self.stopping:
-                    return
-                continue
-            self.handle(self.queue.popleft())
+        self.usage = Usage()
+        with self.gc.serving():
+            while True:
+                self.drain(block=not self.queue and not self.stopping)
+                if not self.queue:
+                    if self.stopping:
+                        return
+                    continue
+                self.gc.begin()
+                try:
+                    self.handle(self.queue.popleft())
+                finally:
+                    self.gc.end(collect=False)
+                    self.since_collect += 1
+                    if self.since_collect >= GC_EVERY:
+                        self.collect()
 
     def drain(self, block: bool) -> None:
-        """Take every pending control message (and its payload); block for one if asked."""
-        while block or self.comm.Iprobe(source=0, tag=CTRL):
+        """Take every pending control message (and its payload); wait for one if asked,
+        probing with a back-off sleep (a blocking receive would spin a core)."""
+        while True:
+            if not probe(self.comm, CTRL):
+                if not block:
+                    return
+                self.wait_idle()
+                continue
             block = False
+            self.idle.reset()
             msg = self.comm.recv(source=0, tag=CTRL)
             t_header = MPI.Wtime()
             if isinstance(msg, Task):
                 payload = np.empty(msg.shape, dtype=msg.dtype)
-                self.comm.Recv(payload, source=0, tag=data_tag(msg.round))
+                complete(self.comm.Irecv(payload, source=0, tag=data_tag(msg.round)))
                 self.queue.append(Queued(msg, payload, t_header, MPI.Wtime()))
             elif isinstance(msg, Done):
                 self.done.update(msg.rounds)
             elif isinstance(msg, Stop):
                 self.stopping = True
+
+    def wait_idle(self) -> None:
+        """One sleep of the idle wait; the collector runs once per long idle spell."""
+        before = self.idle.slept
+        self.idle.sleep()
+        if before < IDLE_COLLECT_S <= self.idle.slept and self.since_collect:
+            self.collect()
+
+    def collect(self) -> None:
+        """A full collection between two tasks, timed into the log."""
+        self.gc.collect()
+        self.since_collect = 0
 
     def finished(self, task: Task) -> bool:
         return self.stopping or task.round in self.done
@@ -129,7 +175,7 @@ class WorkerLoop:
         if self.finished(task):
             return self.reply_code(task, SKIPPED)
         slept = self.pause(task.recv_delay)
-        t0 = MPI.Wtime()
+        t0, c0 = MPI.Wtime(), time.process_time()
         try:
             if task.crash == "raise":
                 raise RuntimeError("fault drill: --crash raise")
@@ -140,6 +186,8 @@ class WorkerLoop:
             self.report_error(task, exc)
             return self.reply_code(task, SKIPPED)
         t1 = MPI.Wtime()
+        self.compute_s += t1 - t0
+        self.compute_cpu_s += time.process_time() - c0
         slept += self.pause((task.slowdown - 1.0) * (t1 - t0))
         if self.finished(task):
             return self.reply_code(task, SKIPPED)
@@ -162,24 +210,25 @@ class WorkerLoop:
         buf[: flat.size] = flat
         buf[flat.size :] = (*trailer, resident_mb())
         t0 = MPI.Wtime()
-        self.comm.Send(buf, dest=0, tag=data_tag(task.round))
+        complete(self.comm.Isend(buf, dest=0, tag=data_tag(task.round)))
         self.sends.append((task.round, task.row, MPI.Wtime() - t0))
 
     def reply_code(self, task: Task, code: float) -> None:
         """A trailer-only reply (SKIPPED or FAILED): closes the master's receive."""
         trailer = np.zeros(len(TRAILER), dtype=task.dtype)
         trailer[0] = code
-        self.comm.Send(trailer, dest=0, tag=data_tag(task.round))
+        complete(self.comm.Isend(trailer, dest=0, tag=data_tag(task.round)))
         self.skipped += code == SKIPPED
 
     def report_error(self, task: Task, exc: BaseException) -> None:
         where = f"worker rank {self.comm.Get_rank()}, layer {task.layer_id}, round {task.round}"
         text = f"{where}: {type(exc).__name__}: {exc}"
-        self.comm.Send(encode_error(text), dest=0, tag=ERROR)
+        complete(self.comm.Isend(encode_error(text), dest=0, tag=ERROR))
         traceback.clear_frames(exc.__traceback__)
 
     def log(self) -> dict:
-        """What the master records about this worker at the end."""
+        """What the master records about this worker at the end: counts, memory, and
+        the CPU, compute and wall seconds of serving (from serve's start to now)."""
         return dict(
             rank=self.comm.Get_rank(),
             host=MPI.Get_processor_name(),
@@ -187,7 +236,27 @@ class WorkerLoop:
             computed=self.computed,
             skipped=self.skipped,
             max_rss_kb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            cpu_s=self.usage.cpu_s(),
+            compute_s=self.compute_s,
+            compute_cpu_s=self.compute_cpu_s,
+            wall_s=self.usage.wall_s(),
+            **self.gc.meta(),
         )
+
+
+def probe(comm: MPI.Comm, tag: int) -> bool:
+    """Is a message from the master waiting on ``tag``? Open MPI's Iprobe looks for a
+    match before it progresses the transports, so a message that arrived while we
+    slept is matched by the second call only: without it, every wait would last one
+    more back-off sleep (measured: 3.4 ms instead of 1.3 ms after a 100 ms gap)."""
+    return comm.Iprobe(source=0, tag=tag) or comm.Iprobe(source=0, tag=tag)
+
+
+def complete(request: MPI.Request) -> None:
+    """Wait for a request by testing it with a back-off sleep (Wait spins a core).
+
+    Under ULFM a dead peer makes Test raise, as Wait or a blocking call would."""
+    poll(request.Test, Backoff())
 
 
 def crash(task: Task) -> None:
@@ -218,22 +287,25 @@ def run_worker(comm: MPI.Comm) -> bool:
         return False
     comm.gather(socket.gethostname(), root=0)
     loop = WorkerLoop(comm, specs)
+    loop.gc.freeze()  # the weights and the rest of set-up's heap: never scanned again
     try:
         loop.serve()
     except Exception as exc:  # an error outside a task: tell the master, wait for Stop
-        loop.comm.Send(encode_error(f"worker rank {comm.Get_rank()}: {exc!r}"), dest=0, tag=ERROR)
+        text = encode_error(f"worker rank {comm.Get_rank()}: {exc!r}")
+        complete(loop.comm.Isend(text, dest=0, tag=ERROR))
         while not loop.stopping:
             loop.drain(block=True)
         for item in loop.queue:
             if item.task.fail != "silent":
                 loop.reply_code(item.task, SKIPPED)
-    comm.send(loop.log(), dest=0, tag=LOG)
+    complete(comm.isend(loop.log(), dest=0, tag=LOG))
     return await_farewell(comm)
 
 
 def await_farewell(comm: MPI.Comm) -> bool:
     """The master's last word: did any rank die? A master that died counts as yes."""
     try:
+        poll(lambda: probe(comm, FAREWELL), Backoff())
         return bool(comm.recv(source=0, tag=FAREWELL))
     except MPI.Exception as exc:
         if is_proc_failure(exc):
