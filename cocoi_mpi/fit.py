@@ -184,11 +184,12 @@ def fit_samples(
             fits[phase] = fit_shift_exp(t, n_scale, method)
         except ValueError as exc:
             raise TraceFitError(f"{source or 'samples'}: phase {phase!r}: {exc}") from None
-    if CODE_PHASE in samples:  # optional: traces of learned-code runs have no conv rounds
+    unfitted = {}  # optional phases without enough samples, and why
+    if CODE_PHASE in samples:  # learned-code runs have no conv rounds to fit it from
         try:
             fits[CODE_PHASE] = fit_shift_exp(*samples[CODE_PHASE], method)
-        except ValueError:
-            pass
+        except ValueError as exc:
+            unfitted[CODE_PHASE] = str(exc)  # the profile then prices coding per FLOP
     return Profile(
         **{p: f.shift_exp for p, f in fits.items()},
         ks={p: f.ks for p, f in fits.items()},
@@ -196,6 +197,7 @@ def fit_samples(
             "source": source,
             "method": method,
             "samples": {p: f.count for p, f in fits.items()},
+            **({"unfitted": unfitted} if unfitted else {}),
         },
     )
 
