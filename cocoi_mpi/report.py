@@ -113,6 +113,7 @@ def _header(trace: Trace) -> list[str]:
     reliability = attrs.get("reliability")
     if isinstance(reliability, dict):
         lines.append(f"Failures    {_failures(reliability)}")
+        lines += _worker_error_lines(reliability)
     return lines
 
 
@@ -148,6 +149,21 @@ def _failures(rel: dict) -> str:
     if not dead and not rel.get("unresponsive_workers"):
         parts.append("no worker died")
     return _short(", ".join(parts), WIDTH - 12)
+
+
+def _worker_error_lines(rel: dict) -> list[str]:
+    """The worker error that ended the run, and where its stack is: rank 0 printed it
+    once at the time, the trace keeps it for later (too long for this header)."""
+    error = rel.get("worker_error")
+    if not isinstance(error, dict):
+        return []
+    stack = str(error.get("traceback") or "").splitlines()
+    where = stack[0].split(" (most recent")[0] if stack else "worker"
+    where = _short(where, 30)  # a long host name must not hide where the stack is
+    return [
+        f"Error       {_short(error.get('message', '?'), WIDTH - 12)}",
+        f"            stack of {where} ({len(stack)} lines): reliability.worker_error.traceback",
+    ]
 
 
 def _share(req: dict[str, np.ndarray]) -> np.ndarray:

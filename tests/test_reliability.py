@@ -303,3 +303,26 @@ def test_sigterm_closes_trace_as_incomplete(tmp_path, target):
         assert "stopped by SIGTERM" in stderr
     else:
         assert trace.status in ("running", "interrupted: stopped by SIGTERM")
+
+
+def test_worker_exception_brings_its_stack_once(tmp_path):
+    """The worker's stack comes under the one error line, naming its rank and host,
+    printed once (rank 0 alone prints it), and the trace keeps it. k = n, as above."""
+    out = tmp_path / "run.h5"
+    proc = run(3, *lenet(out, 3, "--k", "2", "--crash", "2@1:raise"), timeout=120)
+    assert proc.returncode == 1
+    assert_no_tracebacks(proc)  # a reported stack is not an uncaught Python traceback
+    trace = read_trace(out)
+    host = trace.attrs["hostnames"][2]
+    stderr = proc.stderr.splitlines()
+    assert len(error_lines(proc)) == 1, proc.stderr
+    at = stderr.index(error_lines(proc)[0])
+    assert stderr[at + 1] == f"  worker rank 2 on host {host} (most recent call last):"
+    stack = stderr[at + 1 : at + 5]
+    assert 'raise RuntimeError("fault drill: --crash raise")' in stack[2], proc.stderr
+    assert stack[3] == "  RuntimeError: fault drill: --crash raise"
+    assert proc.stderr.count("(most recent call last):") == 1, proc.stderr
+    error = trace.attrs["reliability"]["worker_error"]
+    assert trace.status == f"failed: WorkerError: {error['message']}"
+    assert error["traceback"].startswith(f"worker rank 2 on host {host} (most recent")
+    assert error["traceback"].endswith("\nRuntimeError: fault drill: --crash raise")

@@ -34,8 +34,15 @@ from ..sweep import Cell, cells, parse_sweep, select_part
 from ..traces import TraceWriter
 from .devices import emulate_devices
 from .idle import GcWatch, Usage
-from .master import Interrupted, MasterEngine, ShutdownTimeout, failed_ranks, ulfm_enabled
-from .protocol import resident_mb
+from .master import (
+    Interrupted,
+    MasterEngine,
+    ShutdownTimeout,
+    WorkerError,
+    failed_ranks,
+    ulfm_enabled,
+)
+from .protocol import resident_mb, split_report
 from .signals import SignalFlag
 from .worker import run_worker
 
@@ -420,7 +427,7 @@ def serve_and_report(
     hosts: list[str],
 ) -> int:
     """Serve the requests into the trace, stop the workers, print the summary."""
-    writer, status, rows = None, "failed", []
+    writer, status, rows, failure = None, "failed", [], None
     try:
         writer = TraceWriter(
             job.path,
@@ -450,12 +457,18 @@ def serve_and_report(
             writer.mark(status)
         raise
     except BaseException as exc:
-        status = f"failed: {type(exc).__name__}: {exc}"
+        status = f"failed: {type(exc).__name__}: {first_line(exc)}"
+        failure = exc
         raise
     finally:
         grace = INTERRUPTED_SHUTDOWN_S if status.startswith("interrupted") else 60.0
-        finish(engine, writer, status, grace, job)
+        finish(engine, writer, status, grace, job, failure)
     return echo_summary(cfg, job, rows, echo)
+
+
+def first_line(exc: BaseException) -> str:
+    """The status keeps one line: a WorkerError's stack goes to reliability.worker_error."""
+    return str(exc).partition("\n")[0]
 
 
 def finish(
@@ -464,8 +477,10 @@ def finish(
     status: str,
     grace: float,
     job: MasterJob | None = None,
+    failure: BaseException | None = None,
 ) -> None:
-    """Stop the workers, store what they report, and close the file with its status.
+    """Stop the workers, store what they report (and the error that ended the run), and
+    close the file with its status.
 
     Workers that never answer make ShutdownTimeout, raised after the file is closed
     (the caller aborts the job)."""
@@ -485,7 +500,7 @@ def finish(
             writer.set_meta(
                 "workers", [{k: v for k, v in log.items() if k != "sends"} for log in logs]
             )
-            writer.set_meta("reliability", reliability_meta(engine))
+            writer.set_meta("reliability", reliability_meta(engine, failure))
             if job is not None:
                 for key, value in master_meta(job).items():
                     writer.set_meta(key, value)
@@ -504,16 +519,27 @@ def master_meta(job: MasterJob) -> dict:
     return {"master": usage, **job.gc.meta()}
 
 
-def reliability_meta(engine: MasterEngine) -> dict:
-    """What the run survived: dead workers and when they were seen, stuck ones, leaks."""
+def reliability_meta(engine: MasterEngine, failure: BaseException | None = None) -> dict:
+    """What the run survived: dead workers and when they were seen, stuck ones, leaks;
+    and the worker error that ended it, if one did (see worker_error)."""
     return dict(
         fault_tolerance="ulfm" if ulfm_enabled() else "none",
         dead_workers=sorted(engine.dead.values(), key=lambda d: d["t"]),
         unresponsive_workers=engine.unresponsive,
+        worker_error=worker_error(failure),
         worker_errors_at_shutdown=engine.later_errors,
         open_receives_at_end=len(engine.late),
         open_sends_at_end=len(engine.sends),
     )
+
+
+def worker_error(failure: BaseException | None) -> dict | None:
+    """A WorkerError as the trace keeps it: its one line, and the worker's stack (with
+    its rank and host) that rank 0 printed once under it. None for any other end."""
+    if not isinstance(failure, WorkerError):
+        return None
+    message, stack = split_report(str(failure))
+    return dict(message=message, traceback=stack)
 
 
 def run_cells(cfg: RunConfig) -> list[Cell]:

@@ -55,7 +55,8 @@ from .protocol import (
 
 
 class WorkerError(RuntimeError):
-    """A worker reported an exception; the message says which and what."""
+    """A worker reported an exception; the message's first line says which and what,
+    the lines after it hold the worker's stack, indented (protocol.error_report)."""
 
 
 class ShutdownTimeout(RuntimeError):

@@ -5,7 +5,8 @@ Tensors travel as raw contiguous buffers on a per-round data tag, so a late repl
 can never be matched to a later round. Every task gets exactly one reply: the
 result, or a trailer-only "skipped" reply, so the master never leaves a receive
 unmatched and a worker's large send never blocks forever. Worker errors travel as
-raw UTF-8 bytes on tag ERROR, so the master's wait can include them; the master posts
+raw UTF-8 bytes on tag ERROR (one summary line, then the worker's stack, indented and
+bounded: see error_report), so the master's wait can include them; the master posts
 one error receive per worker (not one from ANY_SOURCE), so under ULFM a dead worker
 fails only its own requests. At the end each worker sends its log on tag LOG
 (point to point: a collective would fail or hang once a worker is dead), and the
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import os
 import sys
+import textwrap
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +31,11 @@ LOG = 3
 FAREWELL = 4
 DATA_BASE = 100
 DATA_SPAN = 30000  # MPI guarantees tags up to 32767
-ERROR_BYTES = 4096
+SUMMARY_BYTES = 1024  # an error report's first line: where and what
+TRACEBACK_LINES = 40  # ... then the tail of the worker's stack: at most this many lines
+TRACEBACK_BYTES = 8192  # ... and this many UTF-8 bytes
+ERROR_BYTES = SUMMARY_BYTES + TRACEBACK_BYTES + 3072  # + its header, indents, host name
+LAST_CALL = "most recent call last):"
 
 # Appended to every reply: the worker's receive, queue, compute and injected-delay
 # durations, and its resident memory (MB) when it replied (the soak's leak check).
@@ -106,7 +113,54 @@ def resident_mb() -> float:
         return peak / (2**20 if sys.platform == "darwin" else 2**10)
 
 
+def error_report(summary: str, exc: BaseException, rank: int, host: str) -> str:
+    """What a worker sends on ERROR: one line saying where and what, then its stack
+    under a header naming the rank and host, indented so that rank 0 prints it as is
+    under its one ``cocoi: error:`` line. The stack keeps Python's layout but not the
+    word "Traceback", left to a local, uncaught error (what users and tests grep for)."""
+    summary = clip(" ".join(summary.split()), SUMMARY_BYTES)
+    text = "".join(traceback.format_exception(exc))
+    lines = text.replace(f"Traceback ({LAST_CALL}", f"({LAST_CALL}").splitlines()
+    if lines and lines[0] == f"({LAST_CALL}":  # the header below says it
+        lines = lines[1:]
+    stack = bounded_tail(lines, TRACEBACK_LINES, TRACEBACK_BYTES)
+    header = f"worker rank {rank} on host {host} ({LAST_CALL}"
+    return "\n".join([summary, *("  " + line for line in [header, *stack])])
+
+
+def bounded_tail(lines: list[str], max_lines: int, max_bytes: int) -> list[str]:
+    """The last lines that fit both bounds (each line clipped to an eighth of the
+    bytes first): the innermost frames and the exception say what went wrong, the
+    outer ones (the serve loop) rarely do. A first line says how many were cut."""
+    clipped = [clip(line, max(1, max_bytes // 8)) for line in lines]
+    kept, size = [], 0
+    for line in reversed(clipped):
+        size += len(line.encode("utf-8")) + 1
+        if len(kept) == max_lines or size > max_bytes:
+            break
+        kept.append(line)
+    cut = len(lines) - len(kept)
+    return ([f"... {cut} earlier lines cut"] if cut else []) + kept[::-1]
+
+
+def clip(text: str, max_bytes: int) -> str:
+    """``text`` cut to ``max_bytes`` UTF-8 bytes, on a character boundary."""
+    data = text.encode("utf-8", "replace")
+    if len(data) <= max_bytes:
+        return text
+    return data[: max(0, max_bytes - 3)].decode("utf-8", "ignore") + "..."
+
+
+def split_report(text: str) -> tuple[str, str]:
+    """An error report's summary line and its stack (header first), unindented: what
+    the trace stores. A report without a stack (older workers) gives ""."""
+    summary, _, stack = text.partition("\n")
+    return summary, textwrap.dedent(stack)
+
+
 def encode_error(text: str) -> bytearray:
+    """The report as sent; cut to the master's receive buffer, so no report can
+    overflow it (error_report keeps its parts well below)."""
     data = text.encode("utf-8", "replace")[:ERROR_BYTES]
     return bytearray(data)
 

@@ -49,6 +49,7 @@ from .protocol import (
     Task,
     data_tag,
     encode_error,
+    error_report,
     resident_mb,
 )
 
@@ -222,7 +223,13 @@ class WorkerLoop:
 
     def report_error(self, task: Task, exc: BaseException) -> None:
         where = f"worker rank {self.comm.Get_rank()}, layer {task.layer_id}, round {task.round}"
-        text = f"{where}: {type(exc).__name__}: {exc}"
+        self.send_error(f"{where}: {type(exc).__name__}: {exc}", exc)
+
+    def send_error(self, summary: str, exc: BaseException) -> None:
+        """Tell the master, with this rank's stack: rank 0 prints it and keeps it in the
+        trace, so a user need not hunt for the worker's stderr on another node. The
+        frames are cleared after, lest they keep a task's tensors alive."""
+        text = error_report(summary, exc, self.comm.Get_rank(), socket.gethostname())
         complete(self.comm.Isend(encode_error(text), dest=0, tag=ERROR))
         traceback.clear_frames(exc.__traceback__)
 
@@ -291,8 +298,7 @@ def run_worker(comm: MPI.Comm) -> bool:
     try:
         loop.serve()
     except Exception as exc:  # an error outside a task: tell the master, wait for Stop
-        text = encode_error(f"worker rank {comm.Get_rank()}: {exc!r}")
-        complete(loop.comm.Isend(text, dest=0, tag=ERROR))
+        loop.send_error(f"worker rank {comm.Get_rank()}: {exc!r}", exc)
         while not loop.stopping:
             loop.drain(block=True)
         for item in loop.queue:
