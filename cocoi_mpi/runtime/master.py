@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -37,6 +38,7 @@ from ..convtask import ConvSpec, Prepared
 from ..engine import Engine, Execution, RoundShortfall, layer_id
 from ..scenarios import Crash, FaultModel, Scenario
 from ..subtasks import masks_for, reply_shape, rest_output
+from .liveness import Exit, Listener, MasterLink
 from .protocol import (
     CTRL,
     ERROR,
@@ -73,7 +75,9 @@ PROC_FAILED = {
     for name in ("ERR_PROC_FAILED", "ERR_PROC_FAILED_PENDING", "ERR_REVOKED")
     if hasattr(MPI, name)
 }
+PROC_FAILED_CODE = getattr(MPI, "ERR_PROC_FAILED", -1)  # what a liveness-seen death looks like
 POLL_MAX_SLEEP = 1e-3
+CANCEL_GRACE_S = 1.0  # a cancelled receive from an exited worker gets this long to end
 # What Get_failed/Ack_failed raise on an MPI or mpi4py without ULFM's MPIX calls.
 NO_ULFM = (MPI.Exception, NotImplementedError, AttributeError)
 
@@ -209,7 +213,7 @@ class MasterEngine(Engine):
         self.crashes = list(crashes)
         self.interrupted = interrupted  # the signal's name once one arrived, else None
         self.late: list[Pending] = []
-        self.sends: list[tuple[MPI.Request, object]] = []
+        self.sends: list[tuple[MPI.Request, object, int]] = []  # request, buffer, peer
         self.resolved: list[dict] = []  # late rows resolved, appended with the next rows
         self.dead: dict[int, dict] = {}  # rank -> when its death was detected
         self.unresponsive: list[int] = []  # ranks that never closed their replies
@@ -220,6 +224,9 @@ class MasterEngine(Engine):
         self.inputs = BufferPool()  # subtask-input (send) buffers, per layer shape
         self.replies = BufferPool()  # reply (receive) buffers
         self.lent: list[tuple[torch.Tensor, list[MPI.Request]]] = []  # inputs still sending
+        self.link: MasterLink | None = None  # the liveness channel (under ULFM)
+        self.exited: set[int] = set()  # ranks the liveness channel saw end
+        self.abandoned: list[tuple] = []  # requests to exited ranks, with their buffers
 
     def alloc(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A subtask-input buffer from the pool (see reap_sends for its return)."""
@@ -269,11 +276,19 @@ class MasterEngine(Engine):
             )
             for s in specs
         ]
-        self.comm.bcast(metas, root=0)
+        listener = open_listener() if ulfm_enabled() else None
+        self.comm.bcast((metas, listener.address if listener else None), root=0)
+        if listener is not None:
+            self.link = listener.accept(self.workers)
+            self.link.on_setup_exit = exit_during_setup
+            self.link.start()
         for spec in specs:
             self.comm.Bcast(np.ascontiguousarray(spec.weight.numpy()), root=0)
         self.comm.bcast(list(blocks), root=0)
-        return self.comm.gather(socket.gethostname(), root=0)
+        hosts = self.comm.gather(socket.gethostname(), root=0)
+        if self.link is not None:
+            self.link.serving = True
+        return hosts
 
     def _execute(
         self, spec: ConvSpec | BlockSpec, prep: Prepared, code: Scheme, round_id: int
@@ -364,9 +379,9 @@ class MasterEngine(Engine):
         if rank in self.dead:
             return self.lose(rnd, index, rank, {**row, "status": "dead"})
         try:
-            self.sends.append((self.comm.isend(task, dest=rank, tag=CTRL), None))
+            self.sends.append((self.comm.isend(task, dest=rank, tag=CTRL), None, rank))
             data = self.comm.Isend(payload, dest=rank, tag=rnd.tag)
-            self.sends.append((data, payload))
+            self.sends.append((data, payload, rank))
             rnd.sent.append(data)
             if fault.fail == "silent":  # never replies: nothing to receive
                 return self.lose(rnd, index, rank, {**row, "status": "failed"})
@@ -495,10 +510,13 @@ class MasterEngine(Engine):
     def test_some(self, waiting: list[Pending]) -> list[Pending] | None:
         """One Testsome; None if nothing completed. Late replies are recorded, this
         round's are returned, a worker's error report raises WorkerError."""
+        self.notice_exits()
         channels = list(self.errors.values())
         pool = waiting + self.late
         items = channels + pool
         completed = test_requests([item.request for item in items], expect=source_of(items))
+        if self.exited:
+            completed += self.give_up_on_exited(items, {idx for idx, _, _ in completed})
         if not completed:
             return None
         t = self.now()
@@ -526,6 +544,32 @@ class MasterEngine(Engine):
                 raise WorkerError(report)
         return mine
 
+    def notice_exits(self) -> None:
+        """Workers the liveness channel saw end since the last look: dead."""
+        if self.link is None:
+            return
+        for event in self.link.take_exits():
+            self.exited.add(event.rank)
+            self.mark_dead(event.rank, seen_by=f"liveness channel ({event.how})")
+
+    def give_up_on_exited(self, items: list, done: set[int]) -> list[tuple]:
+        """Completions for the open receives from exited workers. MPI may never end
+        them (ULFM is not told of an exit with a non-zero status), so each is
+        cancelled; one whose reply came in the meantime completes as that reply."""
+        out = []
+        for idx, item in enumerate(items):
+            if idx in done or item.rank not in self.exited or not item.request:
+                continue
+            status = MPI.Status()
+            if cancelled_or_done(item.request, status):
+                failed = status.Is_cancelled() or status.Get_error() != MPI.SUCCESS
+                out.append((idx, status, PROC_FAILED_CODE if failed else None))
+            else:  # matched but never finished: its sender is gone
+                self.abandoned.append((item.request, getattr(item, "buffer", None)))
+                item.request = MPI.REQUEST_NULL
+                out.append((idx, status, PROC_FAILED_CODE))
+        return out
+
     def empty_completion(self, rank: int) -> int:
         """No message of ours is empty: a request that completed with nothing in it
         was failed by ULFM without an error code in its status (Open MPI does this
@@ -543,12 +587,18 @@ class MasterEngine(Engine):
         self.errors[channel.rank] = self.post_error_channel(channel.rank)  # it may report again
         return decode_error(channel.buffer, status.Get_count(MPI.BYTE))
 
-    def mark_dead(self, rank: int) -> None:
-        """ULFM told us ``rank`` failed: acknowledge it and never send to it again."""
+    def mark_dead(self, rank: int, seen_by: str = "ulfm") -> None:
+        """ULFM (or the liveness channel) told us ``rank`` failed: acknowledge it and
+        never send to it again."""
         if rank in self.dead:
             return
         self.dead[rank] = dict(
-            rank=rank, request=self.request, round=self.round, t=self.now(), wall=time.time()
+            rank=rank,
+            request=self.request,
+            round=self.round,
+            t=self.now(),
+            wall=time.time(),
+            seen_by=seen_by,
         )
         with contextlib.suppress(*NO_ULFM):  # without ULFM there is nothing to acknowledge
             self.comm.Ack_failed()
@@ -572,19 +622,25 @@ class MasterEngine(Engine):
     def post_control(self, message: object, rank: int) -> None:
         """A control message; a worker that died meanwhile is marked dead, not an error."""
         try:
-            self.sends.append((self.comm.isend(message, dest=rank, tag=CTRL), None))
+            self.sends.append((self.comm.isend(message, dest=rank, tag=CTRL), None, rank))
         except MPI.Exception as exc:
             if not is_proc_failure(exc):
                 raise
             self.mark_dead(rank)
 
     def reap_sends(self) -> None:
-        """Forget sends that completed (or whose peer died); their buffers can go."""
+        """Forget sends that completed (or whose peer died); their buffers can go.
+
+        A send to a worker the liveness channel saw exit may never complete (MPI was
+        not told): it is dropped, its buffer kept alive but never reused."""
         kept = []
-        for req, buf in self.sends:
+        for req, buf, rank in self.sends:
+            if rank in self.exited:
+                self.abandoned.append((req, buf))
+                continue
             try:
                 if not req.Test():
-                    kept.append((req, buf))
+                    kept.append((req, buf, rank))
             except MPI.Exception as exc:
                 if not is_proc_failure(exc):
                     raise
@@ -646,6 +702,8 @@ class MasterEngine(Engine):
         completed shutdown the workers are not waiting for it (the job is aborted)."""
         if not self.shut_down:
             return
+        if self.link is not None:  # GOODBYE first: the workers' watchers stand down
+            self.link.close()
         deaths = bool(self.dead or failed_ranks(MPI.COMM_WORLD))
         for rank in self.live_workers():
             try:
@@ -716,6 +774,45 @@ def sort_out_failures(requests, statuses, expect) -> list[tuple]:
     for idx, status in zip(left, failures, strict=False):
         out.append((idx, status, status.Get_error()))
     return sorted(out, key=lambda t: t[0])
+
+
+def open_listener() -> Listener | None:
+    """The liveness channel's listening socket; None (ULFM alone) if this host cannot
+    open one, which is said once on stderr."""
+    try:
+        return Listener()
+    except OSError as exc:
+        print(f"cocoi: warning: no liveness channel ({exc}); deaths by ULFM alone", file=sys.stderr)
+        return None
+
+
+def exit_during_setup(event: Exit) -> None:
+    """A worker ended while the weights were being broadcast: every rank sits in a
+    collective that may never return, so the job ends here, saying why (called from
+    the liveness thread; mpi4py runs MPI with MPI_THREAD_MULTIPLE)."""
+    sys.stderr.write(
+        f"cocoi: error: worker rank {event.rank} ended during set-up, before every worker "
+        f"had its layers ({event.how}); nothing was served; ending the job\n"
+    )
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(1)
+
+
+def cancelled_or_done(request: MPI.Request, status: MPI.Status) -> bool:
+    """Cancel a receive and wait for it to end, but not forever: one already matched
+    to a message from a peer that then died may never end (False)."""
+    try:
+        request.Cancel()
+        deadline = time.monotonic() + CANCEL_GRACE_S
+        while not request.Test(status):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(POLL_MAX_SLEEP)
+    except MPI.Exception as exc:
+        if not is_proc_failure(exc):
+            raise
+        status.Set_error(exc.Get_error_code())
+    return True
 
 
 def source_of(items: list) -> list[int]:

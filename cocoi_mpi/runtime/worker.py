@@ -21,6 +21,7 @@ import os
 import resource
 import signal
 import socket
+import sys
 import time
 import traceback
 from collections import deque
@@ -34,6 +35,7 @@ from ..blocks import BlockSpec
 from ..convtask import ConvSpec
 from ..subtasks import compute
 from .idle import Backoff, GcWatch, Usage, poll
+from .liveness import Address, Exit, WorkerLink, connect
 from .master import is_proc_failure
 from .protocol import (
     CTRL,
@@ -57,12 +59,17 @@ IDLE_COLLECT_S = 0.5  # a worker idle this long (seconds slept) runs the collect
 GC_EVERY = 200  # ... and so does one busy for this many tasks without a pause
 
 
-def receive_layers(comm: MPI.Comm) -> dict[int, ConvSpec | BlockSpec] | None:
-    """Setup: layer metadata by bcast, each weight as a raw Bcast, then the conv blocks
-    of the learned scheme. None: abort."""
-    metas: list[LayerMeta] | None = comm.bcast(None, root=0)
-    if metas is None:
-        return None
+def receive_layers(comm: MPI.Comm) -> tuple[dict[int, ConvSpec | BlockSpec], WorkerLink | None]:
+    """Setup: layer metadata and the master's liveness address by bcast (then this
+    worker connects to it), each weight as a raw Bcast, then the conv blocks of the
+    learned scheme. Raises SetupAborted when the master gave up before set-up."""
+    got: tuple[list[LayerMeta], Address | None] | None = comm.bcast(None, root=0)
+    if got is None:
+        raise SetupAborted
+    metas, address = got
+    link = connect(address, comm.Get_rank()) if address is not None else None
+    if link is not None:
+        link.watch(master_gone)
     specs = {}
     for meta in metas:
         weight = np.empty(meta.weight_shape, dtype=meta.dtype)
@@ -79,7 +86,22 @@ def receive_layers(comm: MPI.Comm) -> dict[int, ConvSpec | BlockSpec] | None:
         )
     blocks: list[BlockSpec] = comm.bcast(None, root=0)
     specs.update({b.block_id: b for b in blocks})
-    return specs
+    return specs, link
+
+
+class SetupAborted(Exception):
+    """The master failed before set-up (bad input): the worker just leaves."""
+
+
+def master_gone(event: Exit) -> None:
+    """The liveness channel says the master ended without a word (any exit, signal or
+    not): nobody is left to serve, and under ULFM no MPI call might ever say so."""
+    sys.stderr.write(
+        f"cocoi: worker rank {os.environ.get('OMPI_COMM_WORLD_RANK', '?')}: the master "
+        f"(rank 0) ended without finishing the run ({event.how}); leaving\n"
+    )
+    sys.stderr.flush()
+    os._exit(1)
 
 
 @dataclass
@@ -289,8 +311,9 @@ def run_worker(comm: MPI.Comm) -> bool:
 
     Returns whether the master reported a dead rank (then nobody may Finalize)."""
     keep_serving_on_signals()
-    specs = receive_layers(comm)
-    if specs is None:
+    try:
+        specs, link = receive_layers(comm)
+    except SetupAborted:
         return False
     comm.gather(socket.gethostname(), root=0)
     loop = WorkerLoop(comm, specs)
@@ -305,7 +328,11 @@ def run_worker(comm: MPI.Comm) -> bool:
             if item.task.fail != "silent":
                 loop.reply_code(item.task, SKIPPED)
     complete(comm.isend(loop.log(), dest=0, tag=LOG))
-    return await_farewell(comm)
+    try:
+        return await_farewell(comm)
+    finally:  # the master said GOODBYE before its farewell: both ends are normal now
+        if link is not None:
+            link.close()
 
 
 def await_farewell(comm: MPI.Comm) -> bool:
