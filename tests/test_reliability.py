@@ -157,6 +157,34 @@ def test_external_sigkill_mid_run_is_survived(tmp_path):
     print(f"detection time {1e3 * detection:.1f} ms")
 
 
+def test_stopped_worker_is_not_declared_dead(tmp_path):
+    """SIGSTOP is CPU starvation taken to the limit: the worker runs not at all for a
+    while. It must come back as a live worker: nobody is declared dead, the run ends
+    with 0 and its logits are exact (the heartbeat detector failed exactly this)."""
+    out = tmp_path / "run.h5"
+    marker = f"cocoi-{os.getpid()}-{time.time_ns()}"
+    cmd = command(5, *lenet(out, 400, "--k", "2", "--seed", "2"), ulfm=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=marked_env(marker)
+    )
+    try:
+        wait_for_line(proc, "request 20/")
+        pid = rank_pid(marker, 3)
+        os.kill(pid, signal.SIGSTOP)
+        time.sleep(STOP_S)
+        os.kill(pid, signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, stderr[-3000:]
+    assert reliability(out)["dead_workers"] == []
+    assert_matches_local(out, "lenet5", 2, 400)
+
+
+STOP_S = 5.0  # far past the old heartbeat timeout (1 s); the run goes on without rank 3
+
+
 def wait_for_line(proc: subprocess.Popen, text: str, timeout: float = 120) -> None:
     """Read the job's stdout until a line contains ``text``."""
     deadline = time.monotonic() + timeout

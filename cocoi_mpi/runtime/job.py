@@ -30,6 +30,7 @@ from ..engine import install, install_blocks, type1_convs
 from ..inputs import check_shape, load_input, seeded_inputs
 from ..models import MODELS, build_model, input_shape, load_weights
 from ..progress import echo_line, progress
+from ..resume import open_trace, resume_at
 from ..sweep import Cell, cells, parse_sweep, select_part
 from ..traces import TraceWriter
 from .devices import emulate_devices
@@ -79,12 +80,12 @@ def guard_finalize(exit_code: int, deaths_reported: bool = False) -> None:
     a rank died every rank leaves without Finalize, once its output is flushed: the
     trace is already closed and mpirun still sees the exit code (8 of 8 runs ended
     with 0, against 2 hangs in 8 with Finalize). A rank's own failed group is not
-    enough: a worker that exits without a signal is known only after the heartbeat
-    detector's timeout, often after the other workers are done; hence
-    ``deaths_reported``, the master's farewell (protocol.FAREWELL). And a death can
-    come after the farewell too: under load the heartbeat detector declared live
-    ranks dead while the others sat in Finalize, which then never returned. So under
-    ULFM no rank calls Finalize at all (mpirun's exit code stays 0 without it)."""
+    enough: ULFM never hears of a worker that exits with a non-zero status (the
+    master's liveness channel does); hence ``deaths_reported``, the master's farewell
+    (protocol.FAREWELL). And a death can come after the farewell too (a heartbeat
+    detector, if a user turns one on, declared live ranks dead under load while the
+    others sat in Finalize, which then never returned). So under ULFM no rank calls
+    Finalize at all (mpirun's exit code stays 0 without it)."""
     if deaths_reported or failed_ranks(MPI.COMM_WORLD) or ulfm_enabled():
         sys.stdout.flush()
         sys.stderr.flush()
@@ -429,12 +430,13 @@ def serve_and_report(
     """Serve the requests into the trace, stop the workers, print the summary."""
     writer, status, rows, failure = None, "failed", [], None
     try:
-        writer = TraceWriter(
+        writer = open_trace(  # with --resume: the cut-off trace, past its complete cells
+            cfg,
             job.path,
-            config=cfg.to_dict(),
             meta={**provenance(comm, hosts), **meta},
             num_classes=job.num_classes,
-            overwrite=True,
+            requests=job.requests,
+            plan=run_cells(cfg),
         )
         if job.plans:
             first = next(iter(job.plans.values()))
@@ -563,11 +565,12 @@ def serve(
     On a terminal one bar covers every request of every cell (postfix: the cell and the
     last latency); elsewhere one line per request (see cocoi_mpi.progress)."""
     plan = run_cells(cfg)
+    skip = resume_at(writer, engine, echo)  # cells a cut-off trace holds (--resume)
     with (
-        progress(len(plan) * job.requests, cfg.model, cfg.quiet, unit="req") as bar,
+        progress((len(plan) - skip) * job.requests, cfg.model, cfg.quiet, unit="req") as bar,
         job.gc.serving(),
     ):
-        return serve_cells(cfg, job, engine, writer, echo, signalled, plan, bar)
+        return serve_cells(cfg, job, engine, writer, echo, signalled, plan, bar, skip)
 
 
 def serve_cells(
@@ -579,12 +582,15 @@ def serve_cells(
     signalled: SignalFlag,
     plan: list[Cell],
     bar: tqdm,
+    skip: int = 0,
 ) -> list[dict]:
-    """serve's loop; the bar (live or disabled) advances once per request."""
+    """serve's loop; the bar (live or disabled) advances once per request. The first
+    ``skip`` cells are in the trace already: request ids go on after theirs."""
     rows: list[dict] = []
     total = len(plan) * job.requests
+    first = skip * job.requests
     references: dict[int, torch.Tensor] = {}
-    for cell in plan:
+    for cell in plan[skip:]:
         configure_cell(cfg, job, engine, cell)
         for i in range(job.requests):
             if (signame := signalled.name()) is not None:
@@ -592,14 +598,15 @@ def serve_cells(
             job.gc.begin()  # no automatic collection until the request is written
             x = job.input_for(i)
             ref = reference(cfg, job, engine, i, references)
-            engine.begin_request(len(rows), fault_request=i)
+            req = first + len(rows)
+            engine.begin_request(req, fault_request=i)
             engine.poll_late()
             t0 = engine.now()
             with torch.no_grad():
                 logits = job.model(x)
             t1 = engine.now()
             rounds, subtasks = engine.take_rows()
-            row = request_row(cfg, cell, len(rows), t0, t1, logits, ref, rounds)
+            row = request_row(cfg, cell, req, t0, t1, logits, ref, rounds)
             if job.labels is not None:
                 row["label"] = int(job.labels[i % len(job.labels)])
             row["master_rss_mb"] = resident_mb()

@@ -696,9 +696,10 @@ class MasterEngine(Engine):
         """Tell each live worker whether any rank died: the master's last word, sent
         after the summary so that no worker leaves while the master still prints.
 
-        A worker that exits without a signal is seen only by ULFM's heartbeat
-        detector, seconds later; a worker that finished before then would find its own
-        failed group empty, call MPI_Finalize and hang there (guard_finalize). Without a
+        ULFM never hears of a worker that exits with a non-zero status (only the
+        master's liveness channel does); a worker would find its own failed group empty,
+        call MPI_Finalize and hang there (guard_finalize). The liveness channel's
+        GOODBYE goes first, so no worker takes the master's exit for a death. Without a
         completed shutdown the workers are not waiting for it (the job is aborted)."""
         if not self.shut_down:
             return
