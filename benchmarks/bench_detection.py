@@ -139,7 +139,8 @@ def case_hang(tmp: Path) -> dict:
     row = outcome(proc, out)
     if "trace" in row:
         sub = row["trace"].subtasks
-        row["timeouts"] = int(np.sum((sub["worker"] == 2) & (sub["status"].astype(str) == "timeout")))
+        timeout = sub["status"].astype(str) == "timeout"
+        row["timeouts"] = int(np.sum((sub["worker"] == 2) & timeout))
     return row
 
 

@@ -62,6 +62,7 @@ class RunConfig:
     part: str | None = None  # "I/N": serve every N-th sweep cell from I (job arrays)
     cpu_share: float = 0.0  # testbed: cores each worker is confined to (cgroups); 0 = off
     master_cpu_share: float = 0.0  # testbed: cores the master is confined to; 0 = unconfined
+    resume: bool = False  # go on with a cut-off trace at `out` (see cocoi_mpi/resume.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,6 +147,7 @@ TYPES: dict[str, tuple[type, ...]] = {
     "part": (str,),
     "cpu_share": (float, int),
     "master_cpu_share": (float, int),
+    "resume": (bool,),
 }
 
 
@@ -293,6 +295,7 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
             raise ConfigError(f"[sweep]: {exc}") from None
     check_part(cfg)
     check_shares(cfg)
+    check_resume_path(cfg)
     learned = cfg.scheme == "learned" or (
         cfg.sweep is not None
         and any(str(s).startswith("learned") for s in cfg.sweep.get("schemes", ()))
@@ -334,6 +337,16 @@ def check_shares(cfg: RunConfig) -> None:
         value = getattr(cfg, key)
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{key} must be a number of cores >= 0, got {value}")
+
+
+def check_resume_path(cfg: RunConfig) -> None:
+    """--resume looks for the trace where this run would write it: the default name
+    carries the start time, so only --out (or --name) finds the cut-off run again."""
+    if cfg.resume and not (cfg.out or cfg.name):
+        raise ConfigError(
+            "--resume needs --out FILE.h5 (or --name): the default file name carries the "
+            "start time, so a new run would never find the old trace"
+        )
 
 
 def check_part(cfg: RunConfig) -> None:

@@ -1,8 +1,9 @@
 """`mpirun -np N python -m cocoi_mpi.run [OPTIONS]`: the CoCoI batch job.
 
 Every rank parses the same options; rank 0 alone prints. A user error ends every
-rank with exit code 2 before any message is exchanged; a failure during the run ends
-the job with one error line from rank 0 and a non-zero exit, never a hang.
+rank with exit code 2 before any message is exchanged (with --resume, rank 0's verdict
+on the old trace is the one message first); a failure during the run ends the job with
+one error line from rank 0 and a non-zero exit, never a hang.
 """
 
 from __future__ import annotations
@@ -158,6 +159,12 @@ def error(rank: int, message: str) -> None:
     type=float,
     help="Emulated testbed: confine the master too (cores). 0: unconfined. [0]",
 )
+@click.option(
+    "--resume/--no-resume",
+    default=None,
+    help="Go on with the trace at --out that a cut-off run of the same config left: its "
+    "complete cells are kept, the rest served (nothing to do if it is complete).",
+)
 @click.option("--quiet/--no-quiet", default=None, help="Only the summary lines.")
 def main(config_file, input_, **options) -> None:
     """Coded distributed CNN inference: rank 0 is the master, ranks 1..n the workers."""
@@ -172,11 +179,40 @@ def main(config_file, input_, **options) -> None:
     except ConfigError as exc:
         error(rank, str(exc))
         sys.exit(2)
+    if cfg.resume and (code := settle_resume(cfg, world, rank)) is not None:
+        sys.exit(code)
     code, deaths_reported = launch(cfg, world, rank)
     from .runtime.job import guard_finalize
 
     guard_finalize(code, deaths_reported)
     sys.exit(code)
+
+
+def settle_resume(cfg, world, rank: int) -> int | None:
+    """--resume: rank 0 looks at the old trace before any work and tells every rank (one
+    bcast, as the file may exist on rank 0's host only) whether to run (None), that
+    nothing is left to do (0), or that the trace is refused (2, one line)."""
+    verdict = resume_verdict(cfg) if rank == 0 else None
+    code, lines, message = world.bcast(verdict, root=0)
+    for line in lines if rank == 0 else ():
+        click.echo(line)
+    if message:
+        error(rank, message)
+    return code
+
+
+def resume_verdict(cfg) -> tuple[int | None, list[str], str]:
+    """(exit code or None, lines to print, error message) for settle_resume."""
+    from .resume import ResumeError, check_resume
+    from .runtime.job import output_path, run_cells
+
+    try:
+        code, lines = check_resume(cfg, output_path(cfg), run_cells(cfg))
+    except (ResumeError, OSError) as exc:
+        return 2, [], str(exc)
+    except Exception as exc:  # every rank waits for the verdict: never leave them hanging
+        return 2, [], f"--resume: {type(exc).__name__}: {exc}"
+    return code, lines, ""
 
 
 def launch(cfg, world, rank: int) -> tuple[int, bool]:

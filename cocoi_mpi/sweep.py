@@ -13,7 +13,9 @@ A scheme entry may name its k: ``cocoi:auto`` (k° per layer), ``cocoi:star``
 repetition runs every level, each level runs every scheme in a seeded shuffled
 order, so drift of a shared machine hits all schemes
 alike. Each (repetition, level) has one fault seed shared by all schemes: they meet
-the same failed workers and the same delays (common random numbers). Pure.
+the same failed workers and the same delays (common random numbers). The order and
+every cell's faults follow from the seed alone, whichever cells ran before: that is
+what lets ``--resume`` serve the rest of a cut-off sweep (cocoi_mpi/resume.py). Pure.
 """
 
 from __future__ import annotations
@@ -77,6 +79,8 @@ def parse_entry(entry: str) -> tuple[str, int | str | None]:
 
 def parse_sweep(table: dict[str, Any], base: Scenario) -> tuple[list[str], list[Scenario], int]:
     """Validate a [sweep] table; scenario entries override the run's own settings."""
+    if "resume" in table:
+        raise ValueError("resume is a run setting: put resume = true above [sweep] or in [run]")
     unknown = sorted(set(table) - SWEEP_KEYS)
     if unknown:
         raise ValueError(f"unknown sweep setting(s): {', '.join(unknown)}")

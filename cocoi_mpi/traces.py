@@ -234,6 +234,8 @@ class TraceWriter:
         self.num_classes = int(num_classes)
         self.auto_flush = auto_flush
         self._pending_send: dict[tuple[int, int], deque[int]] = defaultdict(deque)
+        self.resumed_from: Any = None  # resume.ResumePoint when reopened by --resume
+        self.lock: Any = None  # resume.hold_lock: the open file its advisory lock is on
         if self.path.exists() and not overwrite:
             raise FileExistsError(
                 f"{self.path} already exists; choose another output path or pass overwrite=True"
@@ -248,6 +250,42 @@ class TraceWriter:
         self._write_attrs(config, meta)
         self._create_datasets()
         self._file.flush()
+
+    @classmethod
+    def reopen(cls, path: str | os.PathLike[str], keep_requests: int) -> TraceWriter:
+        """Go on writing a cut-off trace (``--resume``, see cocoi_mpi/resume.py).
+
+        Rows of requests ``keep_requests`` and later (the interrupted cell, and whatever
+        torn tail a kill left between two appends) are dropped first, so the requests
+        served again are not in the file twice; the file is marked running again. The
+        root attributes of the first run (config, start_time, provenance) stay.
+        """
+        writer = cls.__new__(cls)
+        writer.path = Path(path)
+        writer.auto_flush = True
+        writer._pending_send = defaultdict(deque)
+        writer.resumed_from = writer.lock = None
+        writer._file = h5py.File(writer.path, "r+", locking=False)
+        writer.num_classes = int(writer._file.attrs["num_classes"])
+        writer._keep_requests(keep_requests)
+        writer._file.attrs.update(dict(complete=False, status="running", end_time=""))
+        writer._file.flush()
+        return writer
+
+    def _keep_requests(self, keep: int) -> None:
+        """Shrink every table to the rows of requests 0..keep-1, logits to ``keep`` rows.
+
+        Late subtask rows of a kept request may sit after rows of a dropped one (they
+        are appended when they arrive), so tables are filtered, not just cut."""
+        for name in (*TABLES, "logits"):
+            ds = self._h5[name]
+            data = ds[()]
+            kept = data[:keep] if name == "logits" else data[data["request"] < keep]
+            if len(kept) == len(data):
+                continue
+            ds.resize(len(kept), axis=0)
+            if len(kept):
+                ds[...] = kept
 
     def _write_attrs(self, config: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         """Provenance first, so even a file killed before the first request says what ran."""
