@@ -31,6 +31,7 @@ from ..inputs import check_shape, load_input, seeded_inputs
 from ..models import MODELS, build_model, input_shape, load_weights
 from ..progress import echo_line, progress
 from ..resume import open_trace, resume_at
+from ..summary import RunSummary
 from ..sweep import Cell, cells, parse_sweep, select_part
 from ..traces import TraceWriter
 from .devices import emulate_devices
@@ -227,6 +228,7 @@ class MasterJob:
     requests: int = 1
     blocks: list = field(default_factory=list)  # learning.CodedBlock per codec in use
     block_specs: list = field(default_factory=list)
+    sends: SendTimes = field(default_factory=lambda: SendTimes())  # shipped, not yet written
     usage: Usage = field(default_factory=Usage)  # the master's CPU and wall s, from set-up's end
     gc: GcWatch = field(default_factory=GcWatch)  # no collection inside a request
 
@@ -428,7 +430,7 @@ def serve_and_report(
     hosts: list[str],
 ) -> int:
     """Serve the requests into the trace, stop the workers, print the summary."""
-    writer, status, rows, failure = None, "failed", [], None
+    writer, status, summary, failure = None, "failed", RunSummary(), None
     try:
         writer = open_trace(  # with --resume: the cut-off trace, past its complete cells
             cfg,
@@ -451,7 +453,7 @@ def serve_and_report(
             for key, plans in job.plans.items():
                 for line in plan_lines(cfg, key, plans):
                     echo(line)
-        rows = serve(cfg, job, engine, writer, echo, signalled)
+        summary = serve(cfg, job, engine, writer, echo, signalled)
         status = "complete"
     except Interrupted as exc:
         status = f"interrupted: {exc}"
@@ -465,7 +467,7 @@ def serve_and_report(
     finally:
         grace = INTERRUPTED_SHUTDOWN_S if status.startswith("interrupted") else 60.0
         finish(engine, writer, status, grace, job, failure)
-    return echo_summary(cfg, job, rows, echo)
+    return echo_summary(cfg, job, summary, echo)
 
 
 def first_line(exc: BaseException) -> str:
@@ -496,9 +498,9 @@ def finish(
             engine.poll_late()
             _, late_rows = engine.take_rows()
             writer.append("subtasks", late_rows)
-            writer.set_worker_send(
-                (r, log["rank"], send_s) for log in logs for r, _row, send_s in log["sends"]
-            )
+            final = [(r, log["rank"], send_s) for log in logs for r, _row, send_s in log["sends"]]
+            sends = job.sends if job is not None else SendTimes()
+            sends.write(writer, engine.take_sends() + final, last=True)
             writer.set_meta(
                 "workers", [{k: v for k, v in log.items() if k != "sends"} for log in logs]
             )
@@ -511,6 +513,27 @@ def finish(
             writer.close(status)
     if stuck is not None:
         raise stuck
+
+
+@dataclass
+class SendTimes:
+    """Workers' send durations (protocol.SENDS) on their way into the trace. One whose
+    subtask row is not written yet (a late reply's row comes with a later request) is
+    tried again after the next append, at most MAX_TRIES times, so none piles up."""
+
+    MAX_TRIES = 100
+    waiting: list[tuple[tuple[int, int, float], int]] = field(default_factory=list)
+
+    def write(self, writer: TraceWriter, entries: list, last: bool = False) -> None:
+        todo = [(e, 0) for e in entries] + self.waiting
+        unmatched = iter(writer.set_worker_send(e for e, _ in todo))
+        nxt = next(unmatched, None)
+        self.waiting = []
+        for entry, tries in todo:
+            if entry == nxt:
+                if not last and tries < self.MAX_TRIES:
+                    self.waiting.append((entry, tries + 1))
+                nxt = next(unmatched, None)
 
 
 def master_meta(job: MasterJob) -> dict:
@@ -559,7 +582,7 @@ def serve(
     writer: TraceWriter,
     echo: Callable,
     signalled: SignalFlag,
-) -> list[dict]:
+) -> RunSummary:
     """The request loop over every cell: coded forward, check, one flush per request.
 
     On a terminal one bar covers every request of every cell (postfix: the cell and the
@@ -583,13 +606,15 @@ def serve_cells(
     plan: list[Cell],
     bar: tqdm,
     skip: int = 0,
-) -> list[dict]:
+) -> RunSummary:
     """serve's loop; the bar (live or disabled) advances once per request. The first
     ``skip`` cells are in the trace already: request ids go on after theirs."""
-    rows: list[dict] = []
+    summary, sends = RunSummary(), job.sends
     total = len(plan) * job.requests
     first = skip * job.requests
-    references: dict[int, torch.Tensor] = {}
+    # Sweeps repeat their inputs in every cell: keep each local forward. One cell
+    # never repeats one: keep none (a long run's master stays flat).
+    references: dict[int, torch.Tensor] | None = {} if len(plan) - skip > 1 else None
     for cell in plan[skip:]:
         configure_cell(cfg, job, engine, cell)
         for i in range(job.requests):
@@ -598,7 +623,7 @@ def serve_cells(
             job.gc.begin()  # no automatic collection until the request is written
             x = job.input_for(i)
             ref = reference(cfg, job, engine, i, references)
-            req = first + len(rows)
+            req = first + summary.requests
             engine.begin_request(req, fault_request=i)
             engine.poll_late()
             t0 = engine.now()
@@ -612,16 +637,17 @@ def serve_cells(
             row["master_rss_mb"] = resident_mb()
             writer.append("rounds", rounds)
             writer.append("subtasks", subtasks)
+            sends.write(writer, engine.take_sends())
             writer.append("requests", [row])
             writer.append_logits(logits[0].numpy())
             writer.flush()
             job.gc.end()  # the collection that is due runs here, between requests, timed
-            rows.append(row)
+            summary.add(row)
             bar.set_postfix_str(cell_postfix(row), refresh=False)
             bar.update(1)
             if not cfg.quiet:
                 echo_line(bar, echo, progress_line(total, row))
-    return rows
+    return summary
 
 
 def cell_postfix(row: dict) -> str:
@@ -633,16 +659,23 @@ def cell_postfix(row: dict) -> str:
 
 
 def reference(
-    cfg: RunConfig, job: MasterJob, engine: MasterEngine, i: int, cache: dict[int, torch.Tensor]
+    cfg: RunConfig,
+    job: MasterJob,
+    engine: MasterEngine,
+    i: int,
+    cache: dict[int, torch.Tensor] | None,
 ) -> torch.Tensor | None:
-    """The local forward of input i, computed once per input (sweeps repeat inputs)."""
+    """The local forward of input i; kept in ``cache`` (if given) for the next cell."""
     if not cfg.check:
         return None
     key = i % len(job.inputs)
-    if key not in cache:
-        with torch.no_grad(), engine.local_only():
-            cache[key] = job.model(job.input_for(i))
-    return cache[key]
+    if cache is not None and key in cache:
+        return cache[key]
+    with torch.no_grad(), engine.local_only():
+        ref = job.model(job.input_for(i))
+    if cache is not None:
+        cache[key] = ref
+    return ref
 
 
 def request_row(
@@ -694,57 +727,37 @@ def progress_line(total: int, row: dict) -> str:
     return line
 
 
-def echo_summary(cfg: RunConfig, job: MasterJob, rows: list[dict], echo: Callable) -> int:
+def echo_summary(cfg: RunConfig, job: MasterJob, summary: RunSummary, echo: Callable) -> int:
     """The closing lines; exit code 3 when an exact scheme's result does not match the
     local one (learned codes are approximate by design: their agreement is reported)."""
-    lat = np.array([r["latency"] for r in rows])
-    share = 100.0 * sum(r["encode_s"] + r["decode_s"] for r in rows) / lat.sum()
     coded = f", {len(job.specs)} type-1 convs" if job.specs else ""
     if job.blocks:
         coded += f", learned codes on {', '.join(cb.name for cb in job.blocks)}"
     echo(
-        f"{cfg.model}: {len(rows)} requests on n={cfg.n} workers, k={cfg.k}, code={cfg.code}"
-        f"{'-sys' if cfg.systematic else ''}{coded}"
+        f"{cfg.model}: {summary.requests} requests on n={cfg.n} workers, k={cfg.k}, "
+        f"code={cfg.code}{'-sys' if cfg.systematic else ''}{coded}"
     )
     echo(
-        f"latency mean {lat.mean():.3f} s (min {lat.min():.3f}, max {lat.max():.3f}); "
-        f"encode+decode {share:.1f}% of it"
+        f"latency mean {summary.latency_mean:.3f} s (min {summary.latency_min:.3f}, max "
+        f"{summary.latency_max:.3f}); encode+decode {summary.coding_share:.1f}% of it"
     )
-    for line in accuracy_lines(rows):
+    for line in summary.accuracy_lines():
         echo(line)
     code = 0
-    exact = [r for r in rows if not r["scheme"].startswith("learned")]
-    learned = [r for r in rows if r["scheme"].startswith("learned")]
-    if cfg.check and learned:
-        same = sum(r["predicted"] == r["reference_predicted"] for r in learned)
+    learned, exact = summary.learned, summary.exact
+    if cfg.check and learned.count:
         echo(
-            f"learned codes (approximate): top-1 equal to the local forward {same}/{len(learned)}"
-            f", max |err|/max|logit| = {max(r['rel_err'] for r in learned):.2e}"
+            f"learned codes (approximate): top-1 equal to the local forward "
+            f"{learned.same_top1}/{learned.count}, max |err|/max|logit| = "
+            f"{learned.worst_rel_err:.2e}"
         )
-    if cfg.check and exact:
-        worst = max(r["rel_err"] for r in exact)
-        same = sum(r["predicted"] == r["reference_predicted"] for r in exact)
-        ok = worst <= cfg.tolerance and same == len(exact)
+    if cfg.check and exact.count:
+        ok = exact.worst_rel_err <= cfg.tolerance and exact.same_top1 == exact.count
         echo(
-            f"check against local forward: max |err|/max|logit| = {worst:.2e} "
-            f"(tolerance {cfg.tolerance:.0e}), top-1 identical {same}/{len(exact)}: "
-            f"{'OK' if ok else 'FAILED'}"
+            f"check against local forward: max |err|/max|logit| = {exact.worst_rel_err:.2e} "
+            f"(tolerance {cfg.tolerance:.0e}), top-1 identical {exact.same_top1}/"
+            f"{exact.count}: {'OK' if ok else 'FAILED'}"
         )
         code = 0 if ok else 3
     echo(f"wrote {job.path}")
     return code
-
-
-def accuracy_lines(rows: list[dict]) -> list[str]:
-    """Top-1 accuracy per scheme when the inputs carry labels (--data)."""
-    labelled = [r for r in rows if r.get("label", -1) >= 0]
-    lines = []
-    for scheme in dict.fromkeys(r["scheme"] for r in labelled):
-        mine = [r for r in labelled if r["scheme"] == scheme]
-        hits = sum(r["predicted"] == r["label"] for r in mine)
-        line = f"accuracy [{scheme}]: {100.0 * hits / len(mine):.2f}% ({hits}/{len(mine)})"
-        if all("reference_predicted" in r for r in mine):
-            local = sum(r["reference_predicted"] == r["label"] for r in mine)
-            line += f"; local forward {100.0 * local / len(mine):.2f}%"
-        lines.append(line)
-    return lines

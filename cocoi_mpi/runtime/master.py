@@ -46,6 +46,7 @@ from .protocol import (
     FAILED,
     FAREWELL,
     LOG,
+    SENDS,
     TRAILER,
     Done,
     LayerMeta,
@@ -227,6 +228,7 @@ class MasterEngine(Engine):
         self.link: MasterLink | None = None  # the liveness channel (under ULFM)
         self.exited: set[int] = set()  # ranks the liveness channel saw end
         self.abandoned: list[tuple] = []  # requests to exited ranks, with their buffers
+        self.worker_sends: list[tuple[int, int, float]] = []  # shipped send durations
 
     def alloc(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         """A subtask-input buffer from the pool (see reap_sends for its return)."""
@@ -658,10 +660,29 @@ class MasterEngine(Engine):
         return rows
 
     def poll_late(self) -> None:
-        """Record late replies that came in since the last wait (between requests)."""
+        """Record late replies that came in since the last wait, and take the workers'
+        batches of send durations (between requests)."""
         if self.late:
             self.test_some([])
         self.subtasks.extend(self.take_resolved())
+        self.receive_sends()
+
+    def receive_sends(self) -> None:
+        """The send durations live workers shipped (protocol.SENDS), kept for the
+        trace (take_sends) as (round, worker, seconds)."""
+        for rank in self.live_workers():
+            try:
+                while self.comm.Iprobe(source=rank, tag=SENDS):
+                    batch = self.comm.recv(source=rank, tag=SENDS)
+                    self.worker_sends.extend((r, rank, s) for r, _row, s in batch)
+            except MPI.Exception as exc:
+                if not is_proc_failure(exc):
+                    raise
+                self.mark_dead(rank)
+
+    def take_sends(self) -> list[tuple[int, int, float]]:
+        out, self.worker_sends = self.worker_sends, []
+        return out
 
     def shutdown(self, timeout: float = 60.0) -> list[dict]:
         """Stop the live workers, wait for every open reply and send, collect their logs.
@@ -676,7 +697,7 @@ class MasterEngine(Engine):
         while self.late or self.sends or len(logs) < len(self.live_workers()):
             self.poll_late()
             self.reap_sends()
-            self.receive_logs(logs)
+            self.receive_logs(logs)  # a worker ships its last batch before its log
             if time.monotonic() > deadline:
                 owing = {p.rank for p in self.late} | (set(self.live_workers()) - set(logs))
                 self.unresponsive = sorted(owing - set(self.dead))

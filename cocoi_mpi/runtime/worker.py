@@ -43,6 +43,8 @@ from .protocol import (
     FAILED,
     FAREWELL,
     LOG,
+    SEND_BATCH,
+    SENDS,
     SKIPPED,
     TRAILER,
     Done,
@@ -235,6 +237,14 @@ class WorkerLoop:
         t0 = MPI.Wtime()
         complete(self.comm.Isend(buf, dest=0, tag=data_tag(task.round)))
         self.sends.append((task.round, task.row, MPI.Wtime() - t0))
+        if len(self.sends) >= SEND_BATCH:
+            self.ship_sends()
+
+    def ship_sends(self) -> None:
+        """Send durations go to the master in batches as the run goes, not all in the
+        final log: neither side then holds one entry per task of a long run."""
+        complete(self.comm.isend(self.sends, dest=0, tag=SENDS))
+        self.sends = []
 
     def reply_code(self, task: Task, code: float) -> None:
         """A trailer-only reply (SKIPPED or FAILED): closes the master's receive."""
