@@ -8,6 +8,8 @@ one error line from rank 0 and a non-zero exit, never a hang.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
 import os
 import sys
 
@@ -168,7 +170,8 @@ def error(rank: int, message: str) -> None:
 @click.option("--quiet/--no-quiet", default=None, help="Only the summary lines.")
 def main(config_file, input_, **options) -> None:
     """Coded distributed CNN inference: rank 0 is the master, ranks 1..n the workers."""
-    from mpi4py import MPI
+    with start_up_watchdog():
+        from mpi4py import MPI  # MPI_Init
 
     world = MPI.COMM_WORLD
     rank = world.Get_rank()
@@ -186,6 +189,28 @@ def main(config_file, input_, **options) -> None:
 
     guard_finalize(code, deaths_reported)
     sys.exit(code)
+
+
+INIT_TIMEOUT_S = 300.0  # $COCOI_INIT_TIMEOUT_S; 0 turns the watchdog off
+
+
+@contextlib.contextmanager
+def start_up_watchdog():
+    """MPI_Init must not hang for ever. Under ``--with-ft ulfm`` a rank that dies
+    before joining Open MPI's start-up fence (killed, or a wrapper that exits) leaves
+    every other rank waiting in it; without ULFM mpirun ends such a job. MPI_Init holds
+    the GIL, so no Python thread can act: faulthandler's C watchdog dumps where each
+    thread is (the import of mpi4py) and exits with status 1 after the timeout, far
+    above any start-up seen here (seconds, on a loaded machine)."""
+    timeout = float(os.environ.get("COCOI_INIT_TIMEOUT_S", INIT_TIMEOUT_S))
+    if timeout > 0:
+        sys.stderr.flush()
+        faulthandler.dump_traceback_later(timeout, exit=True)
+    try:
+        yield
+    finally:
+        if timeout > 0:
+            faulthandler.cancel_dump_traceback_later()
 
 
 def settle_resume(cfg, world, rank: int) -> int | None:

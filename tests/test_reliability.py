@@ -349,3 +349,22 @@ def test_worker_exception_brings_its_stack_once(tmp_path):
     assert trace.status == f"failed: WorkerError: {error['message']}"
     assert error["traceback"].startswith(f"worker rank 2 on host {host} (most recent")
     assert error["traceback"].endswith("\nRuntimeError: fault drill: --crash raise")
+
+
+def test_rank_lost_before_mpi_init_ends_the_start(tmp_path):
+    """Under ULFM a rank that exits before MPI_Init leaves the others in Open MPI's
+    start-up fence for ever; the start-up watchdog (COCOI_INIT_TIMEOUT_S) ends them,
+    saying where they waited."""
+    launch = (
+        'if [ "$OMPI_COMM_WORLD_RANK" = 2 ]; then exit 1; fi; '
+        f'exec "{sys.executable}" -m cocoi_mpi.run --model lenet5 --requests 2 --k 1 '
+        f'--out "{tmp_path / "run.h5"}"'
+    )
+    cmd = [MPIRUN, "--with-ft", "ulfm", "-x", "COCOI_INIT_TIMEOUT_S", "-np", "3",
+           "--oversubscribe", "--bind-to", "none", "sh", "-c", launch]  # fmt: skip
+    env = {**mpi_env(), "COCOI_INIT_TIMEOUT_S": "10"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    assert "Timeout (0:00:10)!" in proc.stderr, proc.stderr[-2000:]
+    assert "cocoi_mpi/run.py" in proc.stderr
+    assert not (tmp_path / "run.h5").exists()
