@@ -138,6 +138,11 @@ _RESERVED_ATTRS = (
 )
 
 
+# Subtask statuses whose reply the worker sent (its send duration comes later); a
+# "timeout" row may still get a reply.
+AWAIT_SEND = (b"used", b"late", b"replied", b"timeout")
+
+
 class TraceError(ValueError):
     """A trace file that cannot be read; the message is one line naming the file."""
 
@@ -358,9 +363,11 @@ class TraceWriter:
             self._index_pending_send(data, start)
 
     def _index_pending_send(self, data: np.ndarray, start: int) -> None:
-        """Remember rows still waiting for their worker's send duration (it comes later)."""
+        """Remember rows still waiting for their worker's send duration (it comes later).
+        Only rows of a reply the worker sent: a skipped, failed or dead subtask never
+        gets one, and waiting for it would grow the index for ever."""
         for offset, row in enumerate(data):
-            if np.isnan(row["worker_send_s"]):
+            if row["status"] in AWAIT_SEND and np.isnan(row["worker_send_s"]):
                 key = (int(row["round"]), int(row["worker"]))
                 self._pending_send[key].append(start + offset)
 

@@ -282,15 +282,22 @@ def test_closed_writer_refuses_writes(tmp_path: Path) -> None:
 def test_set_worker_send_fills_matching_rows(tmp_path: Path) -> None:
     path = tmp_path / "send.h5"
     with TraceWriter(path, config={}, meta={}, num_classes=2) as writer:
-        writer.append("subtasks", [dict(request=0, round=0, worker=w) for w in (1, 2, 3)])
-        writer.append("subtasks", [dict(request=1, round=1, worker=w) for w in (1, 2, 1)])
-        leftover = writer.set_worker_send(
-            [(0, 2, 0.25), (1, 1, 0.5), (1, 1, 0.75), (1, 1, 9.0), (7, 1, 1.0)]
+        writer.append(
+            "subtasks", [dict(request=0, round=0, worker=w, status="used") for w in (1, 2, 3)]
         )
-        assert leftover == [(1, 1, 9.0), (7, 1, 1.0)]
+        writer.append(
+            "subtasks", [dict(request=1, round=1, worker=w, status="late") for w in (1, 2, 1)]
+        )
+        # a skipped subtask was never sent back: it waits for no send time
+        writer.append("subtasks", [dict(request=1, round=1, worker=3, status="skipped")])
+        leftover = writer.set_worker_send(
+            [(0, 2, 0.25), (1, 1, 0.5), (1, 1, 0.75), (1, 1, 9.0), (7, 1, 1.0), (1, 3, 2.0)]
+        )
+        assert leftover == [(1, 1, 9.0), (7, 1, 1.0), (1, 3, 2.0)]
+        assert writer._pending_send.keys() == {(0, 1), (0, 3), (1, 2)}
         assert writer.set_worker_send([(0, 2, 99.0)]) == [(0, 2, 99.0)]  # never overwrite
     send = read_trace(path).subtasks["worker_send_s"]
-    np.testing.assert_array_equal(send, [np.nan, 0.25, np.nan, 0.5, np.nan, 0.75])
+    np.testing.assert_array_equal(send, [np.nan, 0.25, np.nan, 0.5, np.nan, 0.75, np.nan])
 
 
 def test_truncated_file_is_trace_error(trace_path: Path, tmp_path: Path) -> None:
