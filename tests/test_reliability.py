@@ -109,6 +109,7 @@ def test_worker_deaths_survived_under_ulfm(tmp_path, scheme, crash):
     ranks = sorted(int(entry.split("@")[0]) for entry in crash.split(","))
     rel = reliability(out)
     assert rel["fault_tolerance"] == "ulfm"
+    assert rel["liveness_channel"] == {"on": True, "watched": [1, 2, 3, 4], "missing": []}
     assert sorted(d["rank"] for d in rel["dead_workers"]) == ranks
     assert rel["open_receives_at_end"] == 0 and rel["open_sends_at_end"] == 0
     rounds = read_trace(out).rounds

@@ -549,6 +549,7 @@ def reliability_meta(engine: MasterEngine, failure: BaseException | None = None)
     and the worker error that ended it, if one did (see worker_error)."""
     return dict(
         fault_tolerance="ulfm" if ulfm_enabled() else "none",
+        liveness_channel=engine.liveness_meta(),
         dead_workers=sorted(engine.dead.values(), key=lambda d: d["t"]),
         unresponsive_workers=engine.unresponsive,
         worker_error=worker_error(failure),

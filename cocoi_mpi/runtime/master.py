@@ -284,6 +284,13 @@ class MasterEngine(Engine):
             self.link = listener.accept(self.workers)
             self.link.on_setup_exit = exit_during_setup
             self.link.start()
+            if self.link.missing:
+                print(
+                    f"cocoi: warning: worker rank(s) {self.link.missing} could not reach "
+                    f"the master's liveness channel (port {listener.address.port}); "
+                    "their deaths are seen by ULFM alone",
+                    file=sys.stderr,
+                )
         for spec in specs:
             self.comm.Bcast(np.ascontiguousarray(spec.weight.numpy()), root=0)
         self.comm.bcast(list(blocks), root=0)
@@ -545,6 +552,12 @@ class MasterEngine(Engine):
             else:
                 raise WorkerError(report)
         return mine
+
+    def liveness_meta(self) -> dict:
+        """Which workers the liveness channel watched (the trace's reliability)."""
+        if self.link is None:
+            return dict(on=False)
+        return dict(on=True, watched=sorted(self.link.peers), missing=self.link.missing)
 
     def notice_exits(self) -> None:
         """Workers the liveness channel saw end since the last look: dead."""
