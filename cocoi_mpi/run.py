@@ -203,14 +203,28 @@ def start_up_watchdog():
     thread is (the import of mpi4py) and exits with status 1 after the timeout, far
     above any start-up seen here (seconds, on a loaded machine)."""
     timeout = float(os.environ.get("COCOI_INIT_TIMEOUT_S", INIT_TIMEOUT_S))
+    stream = real_stderr()
+    if stream is None:  # nowhere to say why (e.g. run in-process by a test runner)
+        timeout = 0
     if timeout > 0:
-        sys.stderr.flush()
-        faulthandler.dump_traceback_later(timeout, exit=True)
+        stream.flush()
+        faulthandler.dump_traceback_later(timeout, exit=True, file=stream)
     try:
         yield
     finally:
         if timeout > 0:
             faulthandler.cancel_dump_traceback_later()
+
+
+def real_stderr():
+    """The process's own stderr, if it has a file descriptor (faulthandler needs one;
+    click's test runner swaps sys.stderr for a buffer without)."""
+    stream = sys.__stderr__
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return stream
 
 
 def settle_resume(cfg, world, rank: int) -> int | None:
