@@ -130,9 +130,10 @@ def test_worker_deaths_survived_under_ulfm(tmp_path, scheme, crash):
     )
 
 
-def test_external_sigkill_mid_run_is_survived(tmp_path):
-    """SIGKILL from outside, while requests are in flight: the run goes on, and the
-    trace records when the master saw the death (the detection time)."""
+def signal_rank_mid_run(tmp_path, act) -> tuple:
+    """Start 400 LeNet-5 requests under ULFM, and once request 20 is out call
+    ``act(pid of rank 3)``; returns (mpirun's process, what act returned, its stderr,
+    the trace path)."""
     out = tmp_path / "run.h5"
     marker = f"cocoi-{os.getpid()}-{time.time_ns()}"
     cmd = command(5, *lenet(out, 400, "--k", "2", "--seed", "2"), ulfm=True)
@@ -141,13 +142,29 @@ def test_external_sigkill_mid_run_is_survived(tmp_path):
     )
     try:
         wait_for_line(proc, "request 20/")
-        pid = rank_pid(marker, 3)
-        os.kill(pid, signal.SIGKILL)
-        killed_at = time.time()
-        stdout, stderr = proc.communicate(timeout=300)
+        acted = act(rank_pid(marker, 3))
+        _, stderr = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
             proc.kill()
+    return proc, acted, stderr, out
+
+
+def kill_now(pid: int) -> float:
+    os.kill(pid, signal.SIGKILL)
+    return time.time()
+
+
+def stop_for_a_while(pid: int) -> None:
+    os.kill(pid, signal.SIGSTOP)
+    time.sleep(STOP_S)
+    os.kill(pid, signal.SIGCONT)
+
+
+def test_external_sigkill_mid_run_is_survived(tmp_path):
+    """SIGKILL from outside, while requests are in flight: the run goes on, and the
+    trace records when the master saw the death (the detection time)."""
+    proc, killed_at, stderr, out = signal_rank_mid_run(tmp_path, kill_now)
     assert proc.returncode == 0, stderr[-3000:]
     assert "Traceback" not in stderr
     assert_matches_local(out, "lenet5", 2, 400)
@@ -162,22 +179,7 @@ def test_stopped_worker_is_not_declared_dead(tmp_path):
     """SIGSTOP is CPU starvation taken to the limit: the worker runs not at all for a
     while. It must come back as a live worker: nobody is declared dead, the run ends
     with 0 and its logits are exact (the heartbeat detector failed exactly this)."""
-    out = tmp_path / "run.h5"
-    marker = f"cocoi-{os.getpid()}-{time.time_ns()}"
-    cmd = command(5, *lenet(out, 400, "--k", "2", "--seed", "2"), ulfm=True)
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=marked_env(marker)
-    )
-    try:
-        wait_for_line(proc, "request 20/")
-        pid = rank_pid(marker, 3)
-        os.kill(pid, signal.SIGSTOP)
-        time.sleep(STOP_S)
-        os.kill(pid, signal.SIGCONT)
-        stdout, stderr = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, _, stderr, out = signal_rank_mid_run(tmp_path, stop_for_a_while)
     assert proc.returncode == 0, stderr[-3000:]
     assert reliability(out)["dead_workers"] == []
     assert_matches_local(out, "lenet5", 2, 400)
