@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,7 +19,7 @@ mpi4py = pytest.importorskip("mpi4py")
 from mpi4py import MPI  # noqa: E402
 
 from cocoi_mpi.engine import RoundShortfall, install  # noqa: E402
-from cocoi_mpi.runtime.master import MasterEngine, WorkerError  # noqa: E402
+from cocoi_mpi.runtime.master import MasterEngine, WorkerError, elements_received  # noqa: E402
 from cocoi_mpi.runtime.worker import run_worker  # noqa: E402
 
 pytestmark = pytest.mark.mpi(min_size=3)
@@ -74,6 +75,20 @@ def comm():
     comm = MPI.COMM_WORLD.Dup()
     yield comm
     comm.Free()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64"])
+def test_elements_received_counts_a_short_reply(dtype):
+    """A reply shorter than the posted buffer is measured in the buffer's elements
+    (the master tells a trailer-only notice from a result this way)."""
+    sent = np.arange(7, dtype=dtype)
+    buffer = np.zeros(16, dtype=dtype)
+    request = MPI.COMM_SELF.Irecv(buffer, source=0, tag=9)
+    MPI.COMM_SELF.Send(sent, dest=0, tag=9)
+    status = MPI.Status()
+    request.Wait(status)
+    assert elements_received(status, buffer) == 7
+    assert (buffer[:7] == sent).all()
 
 
 def test_coded_forward_matches_local(comm):
