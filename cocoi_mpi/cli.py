@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import click
 
+from .errors import CocoiError, RunError, UserError, error_line
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class CocoiGroup(click.Group):
+    """The one place where an error ends a command. A CocoiError with an exit code that
+    a command (or a sub-group's command) lets out prints one ``cocoi: error: MESSAGE``
+    line on stderr, and the command exits with the error's code (cocoi_mpi.errors: 2 for
+    a UserError, 1 for a ResultError or RunError). Internal errors and any other
+    exception go on as a traceback: a bug."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CocoiError as exc:
+            if exc.exit_code is None:
+                raise
+            click.echo(error_line(exc), err=True)
+            sys.exit(exc.exit_code)
+
+
+@contextlib.contextmanager
+def reported_as(error: type[CocoiError], *types: type[BaseException]):
+    """Exceptions of ``types`` from outside the package (torch's ValueError, a missing
+    matplotlib) end the command as an ``error``: the same message, that class's exit
+    code. A CocoiError among them that has a code of its own keeps it."""
+    try:
+        yield
+    except types as exc:
+        if isinstance(exc, CocoiError) and exc.exit_code is not None:
+            raise
+        raise error(str(exc)) from exc
+
+
+@click.group(cls=CocoiGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """CoCoI coded inference tools. The MPI job itself: mpirun ... python -m cocoi_mpi.run"""
 
@@ -46,11 +79,10 @@ def report(
     timeline_requests: str | None,
 ) -> None:
     """Summarise an HDF5 trace (also one from a killed job)."""
-    from .report import TraceError, report_main
-    from .timeline import TimelineError
+    from .report import report_main
 
     wanted = _timeline_requests(timeline_out, timeline_requests)
-    try:
+    with reported_as(RunError, RuntimeError):  # RuntimeError: no matplotlib
         plan = _timeline_plan(path, timeline_out, wanted)
         report_main(path, csv_dir, plots_dir)
         if plan is not None:
@@ -58,9 +90,6 @@ def report(
 
             for written in write_timeline(*plan):
                 click.echo(f"wrote {written}")
-    except (TraceError, TimelineError, RuntimeError) as exc:  # RuntimeError: no matplotlib
-        click.echo(f"cocoi: error: {exc}", err=True)
-        sys.exit(1)
 
 
 def _timeline_requests(out: str | None, text: str | None) -> tuple[int, ...] | None:
@@ -93,14 +122,9 @@ def _timeline_plan(path: str, out: str | None, wanted: tuple[int, ...] | None):
 @click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def merge(out: str, parts: tuple[str, ...]) -> None:
     """Join a sweep's parts (run with --part I/N, e.g. a Slurm array) into OUT."""
-    from .merge import MergeError, merge_traces
-    from .traces import TraceError
+    from .merge import merge_traces
 
-    try:
-        done = merge_traces(out, list(parts))
-    except (MergeError, TraceError) as exc:
-        click.echo(f"cocoi: error: {exc}", err=True)
-        sys.exit(1)
+    done = merge_traces(out, list(parts))
     click.echo(f"merged {done['parts']} parts, {done['requests']} requests -> {done['out']}")
 
 
@@ -120,13 +144,8 @@ def check(share: float, devices: int, repeats: int) -> None:
 
     from .isolation import check as measure
     from .isolation import table
-    from .testbed import TestbedError
 
-    try:
-        results = measure(share, devices, repeats, f"check{os.getpid()}")
-    except TestbedError as exc:
-        click.echo(f"cocoi: error: {exc}", err=True)
-        sys.exit(1)
+    results = measure(share, devices, repeats, f"check{os.getpid()}")
     for line in table(results, share, devices):
         click.echo(line)
 
@@ -422,15 +441,11 @@ def simulate(
 )
 def fit(trace: str, out: str, plot: str | None, method: str) -> None:
     """Fit (mu, theta) of master, receive, compute and send from a trace (appendix B)."""
-    from .fit import TraceFitError, fit_samples, plot_cdfs, trace_samples
-    from .traces import TraceError, read_trace
+    from .fit import fit_samples, plot_cdfs, trace_samples
+    from .traces import read_trace
 
-    try:
-        samples = trace_samples(read_trace(trace))
-        profile = fit_samples(samples, method, source=trace)
-    except (TraceError, TraceFitError) as exc:
-        click.echo(f"cocoi: error: {exc}", err=True)
-        sys.exit(1)
+    samples = trace_samples(read_trace(trace))
+    profile = fit_samples(samples, method, source=trace)
     profile.save(out)
     click.echo(f"{'phase':6s} {'theta':>12s} {'1/mu':>12s} {'KS':>7s} {'samples':>8s}")
     for phase in ("m", "rec", "cmp", "sen", "code")[: 4 + (profile.code is not None)]:
@@ -441,11 +456,8 @@ def fit(trace: str, out: str, plot: str | None, method: str) -> None:
         )
     click.echo(f"wrote {out}")
     if plot:
-        try:
+        with reported_as(RunError, ImportError):  # no matplotlib
             plot_cdfs(samples, profile, plot)
-        except ImportError as exc:
-            click.echo(f"cocoi: error: {exc}", err=True)
-            sys.exit(1)
         click.echo(f"wrote {plot}")
 
 
@@ -495,16 +507,9 @@ def train(**opts) -> None:
     """
     import torch
 
-    from .data import DataError
-    from .learning import CodecError
-    from .models import UnknownModelError, WeightsError
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    try:
+    with reported_as(UserError, ValueError):  # e.g. torch refusing a shape
         _train(**opts)
-    except (CodecError, DataError, UnknownModelError, WeightsError, ValueError) as exc:
-        click.echo(f"cocoi: error: {exc}", err=True)
-        sys.exit(2)
 
 
 def _train(**o) -> None:
@@ -547,14 +552,14 @@ def _train(**o) -> None:
         click.echo(f"wrote {o['out']}")
         return
     if not o["weights"] or not o["block"]:
-        raise ValueError("a codec needs --weights (the trained base model) and --block")
+        raise UserError("a codec needs --weights (the trained base model) and --block")
     load_weights(model, o["weights"])
     model.eval()
     shape = input_shape(o["model"], model)
     if o["resume"] and Path(o["out"]).is_file():
         cb, state = load_codec(o["out"], model, o["model"], shape)
         if cb.name != o["block"] or (cb.codec.k, cb.codec.r) != (o["k"], o["r"]):
-            raise ValueError(
+            raise UserError(
                 f"--resume: {o['out']} codes {cb.name} with k={cb.codec.k}, r={cb.codec.r}"
             )
         echo(f"resuming {o['out']} at epoch {state.epoch}")
@@ -631,16 +636,9 @@ def _epoch_line(row: dict, epochs: int) -> str:
 @click.option("--markdown", is_flag=True, help="Print the table as markdown.")
 def accuracy(model, weights, codecs, data, lost_rows, markdown) -> None:
     """Test accuracy of the base model and with 0..r outputs lost (paper Fig. 10)."""
-    from .data import DataError
-    from .learning import CodecError
-    from .models import WeightsError
-
-    try:
+    with reported_as(UserError, ValueError):
         for line in _accuracy_lines(model, weights, codecs, data, lost_rows, markdown):
             click.echo(line)
-    except (CodecError, DataError, WeightsError, ValueError) as exc:
-        click.echo(f"cocoi: error: {exc}", err=True)
-        sys.exit(2)
 
 
 def _accuracy_lines(model_spec, weights, codecs, data, lost_rows, markdown) -> list[str]:

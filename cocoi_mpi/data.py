@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
+
 __all__ = [
     "DATASETS",
     "SPLITS",
@@ -37,7 +39,7 @@ SPLITS = ("train", "test", "all")
 IMAGE_SIZE = 32
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset spec, split or file is unknown, missing, or not in the expected format."""
 
 

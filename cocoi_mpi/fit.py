@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .errors import ResultError
 from .latency import BYTES_PER_VALUE, CODE_PHASE, PHASES, Profile, ShiftExp, coding_bytes, se_cdf
 from .scenarios import transfer_s
 
@@ -96,7 +97,7 @@ def fit_shift_exp(
 # --------------------------------------------------------------------------- traces
 
 
-class TraceFitError(ValueError):
+class TraceFitError(ResultError, ValueError):
     """A trace lacks what the fit needs (the message says what)."""
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import UserError
 
-class InputError(ValueError):
+
+class InputError(UserError, ValueError):
     """The input file is missing, unreadable, or not an image batch this model takes."""
 
 

@@ -41,6 +41,7 @@ from .blocks import (
 )
 from .codes.learned import Codec
 from .data import Dataset, batches
+from .errors import InternalError, UserError
 from .inputs import read_error, torch_load
 from .training import atomic_torch_save
 
@@ -48,7 +49,7 @@ CHECKPOINT_KIND = "cocoi-codec"
 CHECKPOINT_VERSION = 1
 
 
-class CodecError(ValueError):
+class CodecError(UserError, ValueError):
     """A codec checkpoint is unreadable or does not fit the model, block or input."""
 
 
@@ -81,7 +82,7 @@ def block_input_shape(model: nn.Module, loc: BlockLoc, input_shape: Sequence[int
     return tuple(block_inputs(model, loc, torch.zeros(1, *input_shape)).shape[1:])
 
 
-class _Stop(Exception):
+class _Stop(InternalError):
     """Ends a forward pass once the block input is captured."""
 
 

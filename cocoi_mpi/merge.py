@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .errors import ResultError
 from .sweep import parse_part
 from .traces import _RESERVED_ATTRS, TABLES, Trace, TraceWriter, read_trace
 
@@ -22,7 +23,7 @@ from .traces import _RESERVED_ATTRS, TABLES, Trace, TraceWriter, read_trace
 PER_PART = ("part", "out")
 
 
-class MergeError(ValueError):
+class MergeError(ResultError, ValueError):
     """Parts that do not belong together, or are not finished."""
 
 

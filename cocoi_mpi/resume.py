@@ -48,6 +48,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import UserError
 from .sweep import Cell
 from .traces import Trace, TraceError, TraceWriter, read_trace
 
@@ -56,7 +57,7 @@ NOT_IDENTITY = ("resume", "out", "name", "quiet", "threads")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-class ResumeError(ValueError):
+class ResumeError(UserError, ValueError):
     """A trace --resume must not continue; the message is one line naming the file."""
 
 

@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import RunError
+
 # The quota's period: the kernel's default 100 ms. Shorter periods make a smoother slow
 # device (a small subtask cannot run at full speed inside one burst of quota) but isolate
 # worse: 20 ms gave +15..+23 % busy-vs-idle, 50 ms up to +14 %, 100 ms within 7 %
@@ -36,7 +38,7 @@ def weight_file(version: int) -> str:
     return "cpu.shares" if version == 1 else "cpu.weight"
 
 
-class TestbedError(RuntimeError):
+class TestbedError(RunError, RuntimeError):
     """The CPU emulation cannot be set up here; the message says why."""
 
     __test__ = False  # not a pytest test class

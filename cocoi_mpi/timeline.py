@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from .errors import ResultError
 from .traces import Trace
 
 __all__ = [
@@ -111,7 +112,7 @@ MASTER_RANK = 0
 PREPARE_LANE = 1  # the master's second thread: per-subtask preparation (pipelined master)
 
 
-class TimelineError(ValueError):
+class TimelineError(ResultError, ValueError):
     """A timeline that cannot be drawn (e.g. a request not in the trace); one line."""
 
 

@@ -34,6 +34,8 @@ from typing import Any
 import h5py
 import numpy as np
 
+from .errors import ResultError
+
 FORMAT_VERSION = 1
 TABLES = ("requests", "rounds", "subtasks")
 SUBTASK_STATUSES = ("used", "late", "skipped", "failed", "dead", "timeout")
@@ -143,7 +145,7 @@ _RESERVED_ATTRS = (
 AWAIT_SEND = (b"used", b"late", b"replied", b"timeout")
 
 
-class TraceError(ValueError):
+class TraceError(ResultError, ValueError):
     """A trace file that cannot be read; the message is one line naming the file."""
 
 

@@ -12,8 +12,10 @@ from collections.abc import Collection, Mapping
 
 import torch
 
+from ..errors import InternalError
 
-class DecodeError(RuntimeError):
+
+class DecodeError(InternalError, RuntimeError):
     """Raised when decode is asked for before enough outputs have arrived."""
 
 

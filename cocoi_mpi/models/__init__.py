@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UserError
 from ..inputs import read_error, torch_load
 from .lenet5 import lenet5
 from .resnet18 import resnet18
@@ -42,11 +43,11 @@ IMPORT_PATH_HELP = (
 )
 
 
-class UnknownModelError(ValueError):
+class UnknownModelError(UserError, ValueError):
     """The model spec names no registry entry or cannot be resolved as an import path."""
 
 
-class WeightsError(ValueError):
+class WeightsError(UserError, ValueError):
     """A weights file is missing, unreadable, or does not fit the model."""
 
 

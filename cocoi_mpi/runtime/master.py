@@ -35,6 +35,7 @@ from ..blocks import BlockSpec
 from ..codes import Scheme
 from ..convtask import ConvSpec, Prepared
 from ..engine import Engine, Execution, RoundShortfall, layer_id
+from ..errors import RunError, Stopped
 from ..scenarios import Crash, FaultModel, Scenario
 from ..subtasks import masks_for, reply_shape, rest_output
 from .liveness import Exit, Listener, MasterLink
@@ -56,16 +57,16 @@ from .protocol import (
 )
 
 
-class WorkerError(RuntimeError):
+class WorkerError(RunError, RuntimeError):
     """A worker reported an exception; the message's first line says which and what,
     the lines after it hold the worker's stack, indented (protocol.error_report)."""
 
 
-class ShutdownTimeout(RuntimeError):
+class ShutdownTimeout(RunError, RuntimeError):
     """Workers did not close their open replies in time at the end of the run."""
 
 
-class Interrupted(RuntimeError):
+class Interrupted(Stopped, RuntimeError):
     """SIGTERM or SIGINT arrived: the run stops at the next safe point."""
 
 

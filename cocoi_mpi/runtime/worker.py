@@ -33,6 +33,7 @@ from mpi4py import MPI
 
 from ..blocks import BlockSpec
 from ..convtask import ConvSpec
+from ..errors import InternalError
 from ..subtasks import compute
 from .idle import Backoff, GcWatch, Usage, poll
 from .liveness import Address, Exit, WorkerLink, connect
@@ -91,7 +92,7 @@ def receive_layers(comm: MPI.Comm) -> tuple[dict[int, ConvSpec | BlockSpec], Wor
     return specs, link
 
 
-class SetupAborted(Exception):
+class SetupAborted(InternalError):
     """The master failed before set-up (bad input): the worker just leaves."""
 
 
