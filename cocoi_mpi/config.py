@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .codes import CODES, RUN_SCHEMES
+from .codes import BLOCK, CODES, scheme_info, schemes_coding
 from .engine import SHORTFALL_POLICIES
+from .errors import UserError
 from .scenarios import PAPER_STRAGGLER_FACTOR, Crash, Scenario, parse_crashes
-from .sweep import cells, parse_sweep, select_part
+from .sweep import cells, parse_entry, parse_sweep, select_part
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A setting is missing, unknown or out of range; the message names it."""
 
 
@@ -35,7 +36,7 @@ class RunConfig:
     n: int | None = None  # workers; default: world size - 1
     k: int | str | None = None  # per layer; "auto" (k°), "star" (k*); default max(1, n - 2)
     profile: str | None = None  # latency profile (cocoi fit) for --k auto/star; default Pi 4B
-    scheme: str = "cocoi"  # cocoi, uncoded, replication
+    scheme: str = "cocoi"  # one of codes.RUN_SCHEMES (the registry)
     code: str = "stable"
     systematic: bool = False
     scenario: int = 0  # 0 none, 1 straggling, 2 failures, 3 failures + one straggler
@@ -280,8 +281,10 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     k = parse_k(cfg.k if cfg.k is not None else max(1, n - 2))
     if isinstance(k, int) and not 1 <= k <= n:
         raise ConfigError(f"k must satisfy 1 <= k <= n={n}, got k={k}")
-    if cfg.scheme not in RUN_SCHEMES:
-        raise ConfigError(f"unknown scheme {cfg.scheme!r}; choose one of: {', '.join(RUN_SCHEMES)}")
+    try:
+        scheme_info(cfg.scheme)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     try:
         scenario_of(cfg).check_workers(n)
     except ValueError as exc:
@@ -296,18 +299,7 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     check_part(cfg)
     check_shares(cfg)
     check_resume_path(cfg)
-    learned = cfg.scheme == "learned" or (
-        cfg.sweep is not None
-        and any(str(s).startswith("learned") for s in cfg.sweep.get("schemes", ()))
-    )
-    if learned and not cfg.codec:
-        raise ConfigError(
-            "scheme learned needs --codec CHECKPOINT (one per coded block; cocoi train)"
-        )
-    if cfg.codec and not learned:
-        raise ConfigError(f"--codec is used only by --scheme learned, not {cfg.scheme}")
-    if cfg.hybrid and not learned:
-        raise ConfigError("--hybrid applies to --scheme learned")
+    check_codecs(cfg)
     if cfg.data and cfg.input:
         raise ConfigError("give --input or --data, not both")
     if cfg.code not in CODES:
@@ -329,6 +321,27 @@ def resolve(cfg: RunConfig, world_size: int) -> RunConfig:
     requests = cfg.requests if cfg.requests is not None or cfg.data else 1
     silent = tuple(sorted(set(cfg.silent)))
     return dataclasses.replace(cfg, n=n, k=k, silent=silent, requests=requests)
+
+
+def named_schemes(cfg: RunConfig) -> list[str]:
+    """Every scheme the config names: --scheme and the sweep's entries (validated)."""
+    entries = cfg.sweep.get("schemes", ()) if cfg.sweep is not None else ()
+    return [cfg.scheme, *(parse_entry(entry)[0] for entry in entries)]
+
+
+def check_codecs(cfg: RunConfig) -> None:
+    """Schemes that code conv blocks need trained codecs (--codec), and only they use
+    them (and --hybrid); which schemes those are, the registry says."""
+    coded = [name for name in named_schemes(cfg) if scheme_info(name).needs_codec]
+    block = " or ".join(schemes_coding(BLOCK))
+    if coded and not cfg.codec:
+        raise ConfigError(
+            f"scheme {coded[0]} needs --codec CHECKPOINT (one per coded block; cocoi train)"
+        )
+    if cfg.codec and not coded:
+        raise ConfigError(f"--codec is used only by --scheme {block}, not {cfg.scheme}")
+    if cfg.hybrid and not coded:
+        raise ConfigError(f"--hybrid applies to --scheme {block}")
 
 
 def check_shares(cfg: RunConfig) -> None:

@@ -26,7 +26,7 @@ from .blocks import (
     probe_block,
     split_block,
 )
-from .codes import Scheme, make_scheme, scheme_k
+from .codes import BLOCK, CONV, Scheme, SchemeInfo, scheme_info
 from .convtask import (
     Assembly,
     ConvRound,
@@ -40,13 +40,14 @@ from .convtask import (
     new_buffer,
     worker_conv,
 )
+from .errors import RunError
 from .latency import counts_for_spec
 from .subtasks import compute, masks_for, rest_output
 
 SHORTFALL_POLICIES = ("local", "error")
 
 
-class RoundShortfall(RuntimeError):
+class RoundShortfall(RunError, RuntimeError):
     """Too few live workers replied for a round to decode; ``rows`` are its subtask rows."""
 
     def __init__(self, message: str, rows: list[dict] | None = None):
@@ -83,7 +84,7 @@ class Engine:
         scheme: str = "cocoi",
     ):
         self.n, self.k, self.code_name, self.systematic = n, k, code, systematic
-        self.scheme = scheme
+        self.info: SchemeInfo = scheme_info(scheme)  # what the scheme in use is (registry)
         self.clock = clock
         self.t0 = clock()
         self.request = -1
@@ -110,14 +111,23 @@ class Engine:
     def fault_key(self) -> int:
         return self.fault_request * 100_000 + self.step
 
+    @property
+    def scheme(self) -> str:
+        return self.info.name
+
     def use(self, scheme: str, k: int) -> None:
         """Switch scheme and k between requests (sweeps interleave schemes)."""
-        self.scheme, self.k = scheme, k
+        self.info, self.k = scheme_info(scheme), k
+
+    def codes(self, unit: str) -> bool:
+        """Does the scheme in use distribute this unit (CONV or BLOCK)? A proxy of the
+        other unit runs its layers on the master, as a run of that scheme alone would."""
+        return self.info.unit == unit
 
     def code_for(self, k: int) -> Scheme:
-        key = (self.scheme, k)
+        key = (self.info.name, k)
         if key not in self._codes:
-            self._codes[key] = make_scheme(self.scheme, self.n, k, self.code_name, self.systematic)
+            self._codes[key] = self.info.make(self.n, k, self.code_name, self.systematic)
         return self._codes[key]
 
     @property
@@ -126,8 +136,8 @@ class Engine:
 
     def layer_k(self, spec: ConvSpec, width: int) -> int:
         """k for this layer: the plan's or the scheme's k, capped so every piece has a column."""
-        k = self.planned.get(spec.name, self.k) if self.scheme in ("cocoi", "lt-ks") else self.k
-        return layer_k(spec, width, scheme_k(self.scheme, self.n, k), self.pieces_per_task)
+        k = self.planned.get(spec.name, self.k) if self.info.plannable else self.k
+        return layer_k(spec, width, self.info.source_k(self.n, k), self.pieces_per_task)
 
     def now(self) -> float:
         return self.clock() - self.t0
@@ -374,16 +384,23 @@ class CodedConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         engine = self._engine[0]
-        if engine.bypass or (engine.active is not None and self.spec.name not in engine.active):
+        if engine.bypass or not self.distributed(engine):
             return self.conv(x)
         return engine.run_conv(self.spec, x, self.conv.bias)
+
+    def distributed(self, engine: Engine) -> bool:
+        """Only schemes that code single convs distribute this one, and of those only
+        the cells whose plan made it type-1 (``engine.active``; None: every proxy)."""
+        active = engine.active is None or self.spec.name in engine.active
+        return engine.codes(CONV) and active
 
 
 class CodedBlock(nn.Module):
     """Stands in for a conv block (its first module; the others become Identity).
 
-    Under the learned scheme the engine runs the block as one coded round; under any
-    other scheme the original layers run, with their conv proxies inside.
+    Under a block scheme (learned) the engine runs the block as one coded round when
+    it has a codec for it; otherwise the original layers run, with their conv proxies
+    inside (which distribute under conv schemes only).
     """
 
     def __init__(self, inner: nn.Sequential, spec: BlockSpec, engine: Engine):
@@ -393,7 +410,7 @@ class CodedBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         engine = self._engine[0]
-        coded = engine.scheme == "learned" and self.spec.name in engine.codecs
+        coded = engine.codes(BLOCK) and self.spec.name in engine.codecs
         if engine.bypass or not coded:
             return self.inner(x)
         return engine.run_block(self.spec, x)

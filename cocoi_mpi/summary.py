@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from .codes import is_exact
+
 
 @dataclass
 class Agreement:
@@ -67,7 +69,7 @@ class RunSummary:
         self.latency_max = max(self.latency_max, latency)
         self.coding_sum += row["encode_s"] + row["decode_s"]
         if "rel_err" in row:
-            group = self.learned if row["scheme"].startswith("learned") else self.exact
+            group = self.exact if is_exact(row["scheme"]) else self.learned
             group.add(row)
         if row.get("label", -1) >= 0:
             self.accuracy.setdefault(row["scheme"], Accuracy()).add(row)
