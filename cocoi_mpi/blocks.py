@@ -20,12 +20,18 @@ import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import UserError
 from .split import AxisGeom, equal_pieces
+
+if TYPE_CHECKING:
+    from .codes import Scheme
+    from .convtask import Prepared
 
 Range = tuple[int, int]
 
@@ -46,7 +52,7 @@ ELEMENTWISE = (
 )
 
 
-class BlockError(ValueError):
+class BlockError(UserError, ValueError):
     """A block cannot be built or split (the message says which and why)."""
 
 
@@ -120,6 +126,23 @@ class BlockSpec:
             {"type": type(m).__name__, **({"weight": list(m.weight.shape)} if is_conv(m) else {})}
             for m in self.layers
         ]
+
+    # The coding-unit protocol (subtasks.Unit), answered by ConvSpec too.
+
+    def compute(self, x: torch.Tensor, masks: Sequence[Range] = ()) -> torch.Tensor:
+        """A worker's subtask (``run_block``), masked when it is a systematic piece."""
+        return run_block(self, x, masks)
+
+    def masks_for(self, prep: Prepared, index: int) -> tuple[Range, ...]:
+        """Inner-conv masks of a systematic piece; parity pieces have none."""
+        return prep.split.pieces[index].masks if index < prep.split.k else ()
+
+    def reply_shape(self, prep: Prepared, code: Scheme) -> tuple[int, ...]:
+        return prep.reply
+
+    def rest_output(self, prep: Prepared) -> torch.Tensor | None:
+        """The master's share of the columns (``run_rest``)."""
+        return run_rest(self, prep.split, prep.padded)
 
 
 def is_conv(module: nn.Module) -> bool:

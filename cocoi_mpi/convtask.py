@@ -14,19 +14,24 @@ code is linear and bias is not. No column of a distributed conv runs on the mast
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InternalError
 from .split import AxisGeom, LayerSplit, split_layer, tightest_pieces
 
+if TYPE_CHECKING:
+    from .codes import Scheme
 
-class NotSplittable(ValueError):
+
+class NotSplittable(InternalError, ValueError):
     """This conv cannot be distributed (reason in the message); run it locally."""
 
 
@@ -50,6 +55,23 @@ class ConvSpec:
     @property
     def height_geom(self) -> AxisGeom:
         return AxisGeom(self.weight.shape[2], self.stride[0], self.dilation[0], *self.pad_h)
+
+    # The coding-unit protocol (subtasks.Unit), answered by BlockSpec too.
+
+    def compute(self, x: torch.Tensor, masks: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+        """A worker's subtask (``worker_conv``); a conv's pieces carry no masks."""
+        return worker_conv(self, x)
+
+    def masks_for(self, prep: ConvRound, index: int) -> tuple[tuple[int, int], ...]:
+        return ()
+
+    def reply_shape(self, prep: ConvRound, code: Scheme) -> tuple[int, ...]:
+        """(m, C_out, H_out, piece width) of one subtask's output."""
+        height = self.height_geom.out_size(prep.height)
+        return (code.pieces_per_task, self.weight.shape[0], height, prep.split.piece_width)
+
+    def rest_output(self, prep: ConvRound) -> None:
+        return None  # a conv round covers every column with its pieces; bias comes later
 
 
 def conv_spec(layer_id: int, name: str, conv: nn.Conv2d) -> ConvSpec:
@@ -433,10 +455,6 @@ class Prepared:
     reply: tuple[int, ...] | None = None  # shape of one subtask's output
     split_s: float = 0.0
     encode_s: float = 0.0
-
-    @property
-    def height(self) -> int:
-        return self.padded.shape[2]
 
     def subtask_input(self, index: int) -> torch.Tensor:
         if index < self.coded.shape[0]:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .statuses import CrashKind, FaultKind, ScenarioKind
+
 PAPER_STRAGGLER_FACTOR = 85.2 / 50.8  # VGG16 on the paper's slow Pi vs a normal one
 NOMINAL_MBPS = 100.0  # T_tr's bandwidth when no link is emulated
 
@@ -35,26 +37,29 @@ class Scenario:
     link_mbps: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.kind not in (0, 1, 2, 3):
+        if self.kind not in tuple(ScenarioKind):
             raise ValueError(f"scenario must be 0, 1, 2 or 3, got {self.kind}")
-        if self.lambda_tr < 0:
-            raise ValueError(f"lambda_tr must be >= 0, got {self.lambda_tr}")
-        if self.failures < 0:
-            raise ValueError(f"failures must be >= 0, got {self.failures}")
-        if self.straggler_factor < 1:
-            raise ValueError(f"straggler_factor must be >= 1, got {self.straggler_factor}")
-        if not 0 <= self.straggler_prob <= 1:
-            raise ValueError(f"straggler_prob must be in [0, 1], got {self.straggler_prob}")
+        check_levels(self.lambda_tr, self.failures, self.straggler_factor, self.straggler_prob)
         if self.link_mbps < 0:
             raise ValueError(f"link_mbps must be >= 0, got {self.link_mbps}")
 
     @property
     def level(self) -> float:
         """The swept quantity: lambda_tr in scenario 1, n_f in scenarios 2 and 3."""
-        return self.lambda_tr if self.kind == 1 else float(self.failures)
+        return self.lambda_tr if self.kind == ScenarioKind.STRAGGLING else float(self.failures)
+
+    @property
+    def has_failures(self) -> bool:
+        """Scenarios 2 and 3: ``failures`` workers fail in each round (else ignored)."""
+        return self.kind in (ScenarioKind.FAILURES, ScenarioKind.FAILURES_AND_STRAGGLER)
+
+    @property
+    def has_straggler(self) -> bool:
+        """Scenario 3: one worker is slower by ``straggler_factor`` in most rounds."""
+        return self.kind == ScenarioKind.FAILURES_AND_STRAGGLER
 
     def check_workers(self, n: int) -> None:
-        if self.kind in (2, 3) and self.failures > n - 1:
+        if self.has_failures and self.failures > n - 1:
             raise ValueError(f"{self.failures} failures per round leave no live worker of {n}")
 
 
@@ -63,7 +68,7 @@ class Fault:
     """What one subtask suffers. ``fail``: "" (none), "silent" (never replies) or
     "notice" (tells the master it failed, as the paper's failed workers do)."""
 
-    fail: str = ""
+    fail: str = FaultKind.NONE.value
     recv_delay: float = 0.0  # seconds before the worker may start computing
     send_delay: float = 0.0  # seconds before its reply may leave
     slowdown: float = 1.0  # compute takes this many times longer
@@ -71,6 +76,27 @@ class Fault:
     @property
     def injected(self) -> float:
         return self.recv_delay + self.send_delay
+
+
+def check_levels(
+    lambda_tr: float,
+    failures: int,
+    factor: float,
+    prob: float,
+    factor_name: str = "straggler_factor",
+    prob_name: str = "straggler_prob",
+) -> None:
+    """The ranges of the paper's scenario parameters, for every description of them
+    (this module's ``Scenario`` and the simulator's, :class:`cocoi_mpi.simulate.Scenario`,
+    which calls the straggler's factor and probability by its own names)."""
+    if lambda_tr < 0:
+        raise ValueError(f"lambda_tr must be >= 0, got {lambda_tr}")
+    if failures < 0:
+        raise ValueError(f"failures must be >= 0, got {failures}")
+    if factor < 1:
+        raise ValueError(f"{factor_name} must be >= 1, got {factor}")
+    if not 0 <= prob <= 1:
+        raise ValueError(f"{prob_name} must be in [0, 1], got {prob}")
 
 
 def transfer_s(nbytes: int, mbps: float) -> float:
@@ -92,9 +118,9 @@ class FaultModel:
         """Which workers fail in this round, and whether the straggler is slow in it."""
         sc, rng = self.scenario, np.random.default_rng([self.seed, 1, round_id])
         failed: frozenset = frozenset()
-        if sc.kind in (2, 3) and sc.failures:
+        if sc.has_failures and sc.failures:
             failed = frozenset(rng.choice(self.workers, size=sc.failures, replace=False).tolist())
-        slow = sc.kind == 3 and bool(rng.random() < sc.straggler_prob)
+        slow = sc.has_straggler and bool(rng.random() < sc.straggler_prob)
         return failed, slow
 
     def fault(self, round_id: int, subtask: int, rank: int, bytes_in: int, bytes_out: int) -> Fault:
@@ -104,20 +130,22 @@ class FaultModel:
         link_in = transfer_s(bytes_in, sc.link_mbps) if sc.link_mbps else 0.0
         link_out = transfer_s(bytes_out, sc.link_mbps) if sc.link_mbps else 0.0
         extra = 0.0
-        if sc.kind == 1 and sc.lambda_tr > 0:
+        if sc.kind == ScenarioKind.STRAGGLING and sc.lambda_tr > 0:
             nominal = transfer_s(bytes_in + bytes_out, sc.link_mbps or NOMINAL_MBPS)
             rng = np.random.default_rng([self.seed, 2, round_id, subtask, rank])
             extra = float(rng.exponential(sc.lambda_tr * nominal))
-        fail = "silent" if rank in self.silent else "notice" if rank in failed else ""
+        fail = FaultKind.NOTICE if rank in failed else FaultKind.NONE
+        if rank in self.silent:
+            fail = FaultKind.SILENT
         return Fault(
-            fail=fail,
+            fail=fail.value,  # a plain str: it is pickled into the worker's Task
             recv_delay=link_in,
             send_delay=link_out + extra,
             slowdown=sc.straggler_factor if slow and rank == self.straggler else 1.0,
         )
 
 
-CRASH_KINDS = ("kill", "exit", "hang", "raise")
+CRASH_KINDS = tuple(CrashKind)
 
 
 @dataclass(frozen=True)
@@ -129,7 +157,7 @@ class Crash:
 
     rank: int
     request: int
-    kind: str = "kill"
+    kind: str = CrashKind.KILL.value
     hang_s: float = 0.0
 
 
@@ -146,13 +174,13 @@ def parse_crash(entry: str) -> Crash:
     )
     where, _, kind = entry.partition(":")
     rank, at, request = where.partition("@")
-    kind, _, seconds = (kind or "kill").partition("=")
+    kind, _, seconds = (kind or CrashKind.KILL.value).partition("=")
     try:
         crash = Crash(int(rank), int(request), kind, float(seconds) if seconds else 0.0)
     except ValueError:
         raise ValueError(usage) from None
     if not at or kind not in CRASH_KINDS or crash.request < 0 or crash.hang_s < 0:
         raise ValueError(usage)
-    if (kind == "hang") != bool(seconds):
+    if (kind == CrashKind.HANG) != bool(seconds):
         raise ValueError(f"{usage}: only hang takes seconds, and it needs them")
     return crash

@@ -10,17 +10,20 @@ the layer is cut and in which replies the master waits for:
 - ``lt``: LT code over the reals (appendix G): ``lt_k`` source pieces, each worker
   gets s = ceil(lt_k(1 + lt_extra)/n) encoded symbols, computes them one after the
   other and returns each as soon as it is done; the master decodes once the received
-  coding vectors reach rank lt_k (see :func:`lt_symbols_needed`).
+  coding vectors reach rank lt_k (see :func:`lt_symbols_needed`). Degrees follow the
+  runtime LT scheme's Robust Soliton pmf (:mod:`cocoi_mpi.soliton`, same c and delta).
 
 Re-sending (uncoded, replication, and any scheme left with too few live workers):
 the master knows at once that a worker failed (ULFM reports it within milliseconds)
 and gives each missing piece to the next live worker to finish its own work, which
 then does a full round trip (receive, compute, send) for it.
 
-Scenarios (section VI): ``failures`` workers chosen at random per draw never reply
+Scenarios (section VI, defined in :mod:`cocoi_mpi.scenarios`; :class:`Scenario` here
+lets them combine): ``failures`` workers chosen at random per draw never reply
 (scenario 2); ``lambda_tr`` adds Exp(scale lambda_tr * mean transmission time) to
 every receive and send (scenario 1); ``slow_workers`` workers compute ``slow_factor``
-times slower (scenario 3: 85.2 s vs 50.8 s for VGG16 on a Pi).
+times slower, in a draw with probability ``slow_prob`` (scenario 3: 85.2 s vs 50.8 s
+for VGG16 on a Pi). ``Scenario.of`` turns a run's scenario into the simulator's.
 
 Widths: ``relaxed=True`` (the default) uses W_O^p = W_O/(k*m) as a real number, as
 the paper's analysis does, so n may exceed the layer's width (n = 1000 on a
@@ -37,6 +40,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from . import scenarios
 from .latency import (
     BYTES_PER_VALUE,
     Counts,
@@ -46,19 +50,52 @@ from .latency import (
     k_circ,
     layer_counts,
 )
+from .scenarios import PAPER_STRAGGLER_FACTOR, check_levels
+from .soliton import SOLITON_C, SOLITON_DELTA, robust_soliton
+from .statuses import ScenarioKind
 
 SCHEMES = ("cocoi", "uncoded", "replication", "lt")
-SLOW_FACTOR = 85.2 / 50.8  # the paper's "high-probability" straggler on VGG16
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """Failures and straggling added to the model (the paper's scenarios 1-3)."""
+    """The paper's scenarios 1-3 (:mod:`cocoi_mpi.scenarios`) as the simulator draws them.
+
+    A run's scenario is of one kind; here the effects combine (``cocoi simulate``
+    takes them together), and scenario 3's straggler generalises to the first
+    ``slow_workers`` workers. The parameters obey the same ranges (``check_levels``).
+    """
 
     failures: int = 0
     lambda_tr: float = 0.0
     slow_workers: int = 0
-    slow_factor: float = SLOW_FACTOR
+    slow_factor: float = PAPER_STRAGGLER_FACTOR
+    slow_prob: float = 1.0  # chance, per draw, that the slow workers are slow
+
+    def __post_init__(self) -> None:
+        levels = (self.lambda_tr, self.failures, self.slow_factor, self.slow_prob)
+        check_levels(*levels, factor_name="slow_factor", prob_name="slow_prob")
+        if self.slow_workers < 0:
+            raise ValueError(f"slow_workers must be >= 0, got {self.slow_workers}")
+
+    @classmethod
+    def of(cls, sc: scenarios.Scenario) -> Scenario:
+        """A run's scenario in the simulator's terms: scenario 1's lambda_tr, scenario 2's
+        failures, scenario 3's failures and one straggler, slow with its probability.
+
+        Link emulation (``link_mbps``) has no counterpart: the profile's receive and
+        send phases are the simulated network, and they also scale lambda_tr's delays.
+        """
+        straggler = (
+            dict(slow_workers=1, slow_factor=sc.straggler_factor, slow_prob=sc.straggler_prob)
+            if sc.has_straggler
+            else {}
+        )
+        return cls(
+            failures=sc.failures if sc.has_failures else 0,
+            lambda_tr=sc.lambda_tr if sc.kind == ScenarioKind.STRAGGLING else 0.0,
+            **straggler,
+        )
 
 
 @dataclass(frozen=True)
@@ -74,20 +111,6 @@ class SimResult:
 
 
 # --------------------------------------------------------------------------- LT decoding
-
-
-def robust_soliton(k: int, c: float = 0.03, delta: float = 0.5) -> np.ndarray:
-    """Robust Soliton pmf over degrees 1..k (Luby 2002), as LtCoI samples degrees."""
-    d = np.arange(1, k + 1, dtype=float)
-    rho = np.where(d == 1, 1.0 / k, 1.0 / np.maximum(d * (d - 1.0), 1.0))
-    r = c * math.log(k / delta) * math.sqrt(k)
-    tau = np.zeros(k)
-    if r > 0:
-        spike = min(max(int(round(k / r)), 1), k)
-        tau[: spike - 1] = r / (d[: spike - 1] * k)
-        tau[spike - 1] = max(r * math.log(r / delta) / k, 0.0)
-    pmf = rho + tau
-    return pmf / pmf.sum()
 
 
 def _needed_one(
@@ -128,7 +151,7 @@ def _needed_one(
 
 @lru_cache(maxsize=64)
 def lt_symbols_needed(
-    k: int, draws: int = 64, seed: int = 0, c: float = 0.03, delta: float = 0.5
+    k: int, draws: int = 64, seed: int = 0, c: float = SOLITON_C, delta: float = SOLITON_DELTA
 ) -> np.ndarray:
     """A pool of draws of how many LT symbols the master needs to decode k sources.
 
@@ -152,7 +175,7 @@ def lt_symbols_needed(
     return pool
 
 
-def mean_degree(k: int, c: float = 0.03, delta: float = 0.5) -> float:
+def mean_degree(k: int, c: float = SOLITON_C, delta: float = SOLITON_DELTA) -> float:
     """E[d] under the Robust Soliton distribution (the encoder's additions per symbol)."""
     return float(np.arange(1, k + 1) @ robust_soliton(k, c, delta))
 
@@ -178,12 +201,21 @@ def _worker_times(
     t += profile.sen.sample(rng, _scalar(c, "sen"), shape)
     cmp = profile.cmp.sample(rng, _scalar(c, "cmp"), shape)
     if sc.slow_workers:
-        cmp[:, : sc.slow_workers] *= sc.slow_factor
+        cmp[:, : sc.slow_workers] *= _slowdown(rng, sc, cmp.ndim, shape[0])
     t += cmp
     if sc.lambda_tr > 0:
         t += rng.exponential(sc.lambda_tr * rec_mean, shape)
         t += rng.exponential(sc.lambda_tr * sen_mean, shape)
     return t
+
+
+def _slowdown(rng: np.random.Generator, sc: Scenario, ndim: int, s: int) -> float | np.ndarray:
+    """The slow workers' compute factor: ``slow_factor``, or per draw (axis 0 of an
+    ``ndim``-dim array) ``slow_factor`` with probability ``slow_prob``, else 1."""
+    if sc.slow_prob >= 1.0:
+        return sc.slow_factor  # no draw: the same stream as before slow_prob existed
+    slow = rng.random(s) < sc.slow_prob
+    return np.where(slow, sc.slow_factor, 1.0).reshape(s, *([1] * (ndim - 1)))
 
 
 def _failure_mask(rng: np.random.Generator, s: int, n: int, failures: int) -> np.ndarray:
@@ -365,7 +397,7 @@ def sim_lt(
         recv = profile.rec.sample(rng, s_w * _scalar(c1, "rec"), (s, n, 1))
         per_sym = profile.cmp.sample(rng, s_w * _scalar(c1, "cmp"), (s, n, 1)) / s_w
         if sc.slow_workers:
-            per_sym[:, : sc.slow_workers] *= sc.slow_factor
+            per_sym[:, : sc.slow_workers] *= _slowdown(rng, sc, per_sym.ndim, s)
         send = profile.sen.sample(rng, _scalar(c1, "sen"), (s, n, s_w))
         if sc.lambda_tr > 0:
             recv += rng.exponential(
@@ -405,7 +437,7 @@ def simulate(
     schemes: Sequence[str] = SCHEMES,
     k: int | None = None,
     m: int = 2,
-    scenario: Scenario | None = None,
+    scenario: Scenario | scenarios.Scenario | None = None,
     samples: int = 2000,
     seed: int = 0,
     relaxed: bool = True,
@@ -419,8 +451,11 @@ def simulate(
     defaults to the k° of an m = 1 code (LtCoI-k_s: a source count like MDS's).
     ``master_cost=False`` makes the master's work free, as Propositions 2-3 assume:
     encoding n coded inputs costs the master O(n) times the layer input, which is
-    what limits coding at n in the hundreds.
+    what limits coding at n in the hundreds. ``scenario`` may be a run's
+    (:class:`cocoi_mpi.scenarios.Scenario`): it is simulated as ``Scenario.of`` it.
     """
+    if isinstance(scenario, scenarios.Scenario):
+        scenario = Scenario.of(scenario)
     sc = scenario or Scenario()
     if not master_cost:
         profile = profile.with_phase("m", ShiftExp(mu=1e300, theta=0.0))

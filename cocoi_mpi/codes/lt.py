@@ -1,39 +1,25 @@
 """LT (Luby transform) codes as the paper's LtCoI baseline (appendix G).
 
 Each encoded symbol sums d source pieces, d drawn from the Robust Soliton
-distribution; its encoding vector has 1s at those pieces. Symbols stream: every worker
-gets one, and gets the next as soon as it answers, until the received encoding
-vectors reach rank k. The master then solves the received system by least squares.
-Symbol j's vector depends only on (seed, k, j), so a seed reproduces a run.
+distribution (:mod:`cocoi_mpi.soliton`, which the simulator models too); its encoding
+vector has 1s at those pieces. Symbols stream: every worker gets one, and gets the
+next as soon as it answers, until the received encoding vectors reach rank k. The
+master then solves the received system by least squares. Symbol j's vector depends
+only on (seed, k, j), so a seed reproduces a run.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from functools import lru_cache
 
 import numpy as np
 import torch
 
+from ..soliton import robust_soliton
 from .base import DecodeError, Scheme
 
 RANK_TOL = 1e-9
 MAX_COND = 300.0  # decode once float32 outputs lose at most ~2.5 of their 7 digits
-
-
-@lru_cache(maxsize=256)
-def robust_soliton(k: int, c: float = 0.1, delta: float = 0.5) -> np.ndarray:
-    """P(degree = d) for d = 1..k (index d-1): ideal soliton plus the robust spike."""
-    d = np.arange(1, k + 1, dtype=np.float64)
-    rho = np.where(d == 1, 1.0 / k, 1.0 / (d * np.maximum(d - 1, 1)))
-    big_r = c * np.log(k / delta) * np.sqrt(k)
-    spike = int(round(k / big_r)) if big_r > 0 else k
-    tau = np.zeros(k)
-    if 1 <= spike <= k:
-        tau[: spike - 1] = big_r / (d[: spike - 1] * k)
-        tau[spike - 1] = big_r * np.log(big_r / delta) / k
-    mu = rho + np.maximum(tau, 0.0)
-    return mu / mu.sum()
 
 
 class LTCode(Scheme):
