@@ -20,12 +20,13 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import click
 
 from .codes import CODES, RUN_SCHEMES
-from .config import ConfigError, build_config, check_launch
+from .config import build_config, check_launch
+from .errors import RunError, UserError, error_line
 
 
 def error(rank: int, message: str) -> None:
     if rank == 0:
-        click.echo(f"cocoi: error: {message}", err=True)
+        click.echo(error_line(message), err=True)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -179,9 +180,9 @@ def main(config_file, input_, **options) -> None:
         check_launch(world.Get_size(), os.environ)
         options["codec"] = options["codec"] or None  # not given: keep the file's value
         cfg = build_config(config_file, {**options, "input": input_}, world.Get_size())
-    except ConfigError as exc:
+    except UserError as exc:  # a ConfigError: every rank sees it, rank 0 says it
         error(rank, str(exc))
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     if cfg.resume and (code := settle_resume(cfg, world, rank)) is not None:
         sys.exit(code)
     code, deaths_reported = launch(cfg, world, rank)
@@ -248,9 +249,9 @@ def resume_verdict(cfg) -> tuple[int | None, list[str], str]:
     try:
         code, lines = check_resume(cfg, output_path(cfg), run_cells(cfg))
     except (ResumeError, OSError) as exc:
-        return 2, [], str(exc)
+        return ResumeError.exit_code, [], str(exc)
     except Exception as exc:  # every rank waits for the verdict: never leave them hanging
-        return 2, [], f"--resume: {type(exc).__name__}: {exc}"
+        return UserError.exit_code, [], f"--resume: {type(exc).__name__}: {exc}"
     return code, lines, ""
 
 
@@ -260,36 +261,39 @@ def launch(cfg, world, rank: int) -> tuple[int, bool]:
 
     echo = click.echo if rank == 0 else (lambda *a, **k: None)
     try:
-        return run_job(cfg, world.Dup(), echo)
+        return run_job(cfg, None, echo)
     except Exception as exc:
         return exit_code_for(exc, world, rank), False
 
 
 def exit_code_for(exc: Exception, world, rank: int) -> int:
-    """One line on rank 0 (a worker's own error: one line of its own) and the exit code."""
+    """One line on rank 0 (a worker's own error: one line of its own) and the exit code.
+
+    Exit 1 whatever the class (a UserError too: the ranks have started), except for a
+    stop by signal (Interrupted: 130 or 143)."""
     from .engine import RoundShortfall
     from .runtime.master import Interrupted, ShutdownTimeout
 
     if isinstance(exc, ShutdownTimeout):  # requests still open: only an abort ends every rank
         error(rank, f"{exc}; the trace is written; aborting the job")
-        world.Abort(1)
+        world.Abort(exc.exit_code)
     if isinstance(exc, Interrupted):
         error(rank, f"{exc}; the trace is closed as incomplete")
-        return 143 if "SIGTERM" in str(exc) else 130
+        return exc.exit_code
     if isinstance(exc, RoundShortfall):
         error(rank, f"{exc} (--on-shortfall error)")
-        return 1
+        return exc.exit_code
     message = f"{type(exc).__name__}: {exc}" if not is_user_error(exc) else str(exc)
     if rank == 0:
         error(rank, message)
     else:  # a worker failing outside a task is rare and worth one line of its own
         click.echo(f"cocoi: error on rank {rank}: {message}", err=True)
-    return 1
+    return RunError.exit_code
 
 
 def is_user_error(exc: Exception) -> bool:
     """Errors whose message is the whole story (bad model, weights, input)."""
-    return isinstance(exc, ValueError | FileNotFoundError)
+    return isinstance(exc, UserError | ValueError | FileNotFoundError)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from mpi4py import MPI
 from tqdm import tqdm
 
 from .. import __version__
+from ..codes import CONV, scheme_info
 from ..codes.learned import LearnedScheme
 from ..config import RunConfig, scenario_of
 from ..data import load_dataset
@@ -57,7 +58,9 @@ def run_job(
     cfg: RunConfig, comm: MPI.Comm | None = None, echo: Callable = print
 ) -> tuple[int, bool]:
     """Run on every rank; returns this rank's exit code and whether the master reported
-    a dead rank (for :func:`guard_finalize`). ``comm`` defaults to a Dup."""
+    a dead rank (for :func:`guard_finalize`). ``comm`` stays the caller's (default: a
+    Dup of COMM_WORLD, freed here); the job's own Split is freed when the role ends."""
+    owned = comm is None
     comm = comm if comm is not None else MPI.COMM_WORLD.Dup()
     devices = emulate_devices(cfg, comm, echo)
     try:
@@ -65,13 +68,29 @@ def run_job(
         rank = comm.Get_rank()
         sub = comm.Split(0 if rank <= cfg.n else MPI.UNDEFINED, rank)
         if sub == MPI.COMM_NULL:
-            return 0, False
-        if rank == 0:
+            result = 0, False
+        elif rank == 0:
             meta = {"testbed": devices.meta} if devices.meta else {}
-            return run_master(sub, cfg, echo, meta), False
-        return 0, run_worker(sub)
+            result = run_master(sub, cfg, echo, meta), False
+        else:
+            result = 0, run_worker(sub)
+        release(sub, deaths=result[1])
     finally:
         devices.release()
+    if owned:
+        release(comm, deaths=result[1])
+    return result
+
+
+def release(comm: MPI.Comm, deaths: bool = False) -> None:
+    """Free a communicator the job made (Dup, Split) once its role is over, as every
+    MPI library asks. Not after a death (ULFM's failed group, or one the master's
+    liveness channel reported): the process then leaves without Finalize
+    (:func:`guard_finalize`), and a communicator with a dead member is not worth the
+    risk of a free that waits on it."""
+    if comm == MPI.COMM_NULL or deaths or failed_ranks(comm):
+        return
+    comm.Free()
 
 
 def guard_finalize(exit_code: int, deaths_reported: bool = False) -> None:
@@ -107,10 +126,8 @@ def base_k(cfg: RunConfig) -> int:
 
 
 def pieces_per_task(cfg: RunConfig, scheme: str) -> int:
-    """m of a scheme: the cocoi code's (2 for rotation), 1 for the others."""
-    from ..codes.linear import GENERATORS
-
-    return GENERATORS[cfg.code][1] if scheme == "cocoi" else 1
+    """m of a scheme: the --code generator's for MDS codes (2 for rotation), else 1."""
+    return scheme_info(scheme).pieces_per_task(cfg.code)
 
 
 def planned_methods(cfg: RunConfig) -> set[tuple[str, int]]:
@@ -159,14 +176,15 @@ def plan_lines(cfg: RunConfig, key: tuple, plans: list) -> list[str]:
 def install_for(job: MasterJob, engine: MasterEngine, cfg: RunConfig) -> list:
     """Proxies for every conv some cell distributes, and for the learned scheme's blocks."""
     locs = [cb.loc for cb in job.blocks]
-    specs = install_convs(job, engine, cfg) if uses_exact_schemes(cfg) else []
+    specs = install_convs(job, engine, cfg) if codes_convs(cfg) else []
     job.block_specs = install_blocks(job.model, engine, locs)
     engine.codecs = {cb.name: LearnedScheme(cb.codec) for cb in job.blocks}
     return specs
 
 
-def uses_exact_schemes(cfg: RunConfig) -> bool:
-    return any(cell.scheme != "learned" for cell in run_cells(cfg))
+def codes_convs(cfg: RunConfig) -> bool:
+    """Does some cell serve a scheme that distributes single convs (not conv blocks)?"""
+    return any(scheme_info(cell.scheme).unit == CONV for cell in run_cells(cfg))
 
 
 def install_convs(job: MasterJob, engine: MasterEngine, cfg: RunConfig) -> list:
