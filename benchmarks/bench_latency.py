@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from cocoi_mpi.latency import (
+from cocoi_mpi.latency.model import (
     LayerShape,
     Profile,
     ShiftExp,
@@ -28,7 +28,7 @@ from cocoi_mpi.latency import (
     straggler_gain,
     straggling_ratio,
 )
-from cocoi_mpi.simulate import format_results, simulate
+from cocoi_mpi.latency.simulate import format_results, simulate
 
 VGG_CONV3 = LayerShape.conv(64, 112, 112, 128, 3, padding=1, name="vgg16 features.5")
 VGG_CONV2 = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="vgg16 features.2")
@@ -168,7 +168,7 @@ def table1(samples: int = 30_000) -> None:
     Scenario 1's extra transmission delay Exp(lambda * mean) is folded into mu_rec and
     mu_sen (mean excess grows by lambda * mean), which keeps the model shift-exponential.
     """
-    from cocoi_mpi.planning import build_for_shapes, model_layer_shapes
+    from cocoi_mpi.latency.planning import build_for_shapes, model_layer_shapes
 
     base = pi4_profile()
     print(f"n=10, built-in Pi profile, {samples} samples per layer\n")

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cocoi_mpi.codes.linear import LinearCode
-from cocoi_mpi.convtask import (
+from cocoi_mpi.engine.core import type1_convs
+from cocoi_mpi.geometry.conv import (
     Assembly,
     ConvRound,
     ConvSpec,
@@ -45,7 +46,6 @@ from cocoi_mpi.convtask import (
     layer_k,
     worker_conv,
 )
-from cocoi_mpi.engine import type1_convs
 from cocoi_mpi.models import build_model, input_shape
 
 N = 10

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 from torch import nn
 
-from cocoi_mpi.convtask import conv_spec
-from cocoi_mpi.latency import (
+from cocoi_mpi.geometry.conv import conv_spec
+from cocoi_mpi.geometry.split import split_layer
+from cocoi_mpi.latency.model import (
     LayerShape,
     Profile,
     ShiftExp,
@@ -34,7 +35,6 @@ from cocoi_mpi.latency import (
     uncoded_latency,
     uncoded_mc,
 )
-from cocoi_mpi.split import split_layer
 
 # VGG16 features.2: 64 -> 64 channels, 3x3, padding 1, on 224 x 224.
 VGG = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="features.2")

@@ -15,9 +15,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cocoi_mpi.cli import main
-from cocoi_mpi.data import load_dataset
-from cocoi_mpi.learning import (
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.learned.training import (
     CodecError,
     CodecTraining,
     codec_loss,
@@ -33,8 +32,9 @@ from cocoi_mpi.learning import (
     train_codec,
 )
 from cocoi_mpi.models import build_model, load_weights
+from cocoi_mpi.models.data import load_dataset
 from cocoi_mpi.models.lenet5 import LeNet5
-from cocoi_mpi.training import accuracy, train_base
+from cocoi_mpi.models.training import accuracy, train_base
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

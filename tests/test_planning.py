@@ -10,9 +10,9 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from cocoi_mpi.cli import main
-from cocoi_mpi.latency import LayerShape, ShiftExp, approx_latency, k_circ, pi4_profile
-from cocoi_mpi.planning import (
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.latency.model import LayerShape, ShiftExp, approx_latency, k_circ, pi4_profile
+from cocoi_mpi.latency.planning import (
     build_for_shapes,
     format_plan,
     model_layer_shapes,

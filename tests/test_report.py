@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cocoi_mpi.report import report_main, summarize, write_csv
-from cocoi_mpi.traces import (
+from cocoi_mpi.analysis.report import report_main, summarize, write_csv
+from cocoi_mpi.traces.core import (
     REQUEST_DTYPE,
     ROUND_DTYPE,
     SUBTASK_DTYPE,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cocoi_mpi.cli import main
-from cocoi_mpi.latency import LayerShape, Profile, ShiftExp, pi4_profile
-from cocoi_mpi.simulate import (
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.latency.model import LayerShape, Profile, ShiftExp, pi4_profile
+from cocoi_mpi.latency.simulate import (
     Scenario,
     _need_with_resend,
     format_results,
@@ -100,7 +100,7 @@ def test_lt_needs_at_least_k_symbols_and_little_overhead():
 
 def test_lt_rank_via_matching_agrees_with_matrix_rank():
     """The matching count equals the first prefix whose real random matrix has rank k."""
-    from cocoi_mpi import simulate as sim
+    from cocoi_mpi.latency import simulate as sim
 
     k, rng = 12, np.random.default_rng(4)
     pmf = robust_soliton(k)

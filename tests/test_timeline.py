@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cocoi_mpi.cli import main
-from cocoi_mpi.timeline import (
+from cocoi_mpi.analysis.timeline import (
     MASTER_PHASES,
     TimelineError,
     build_timeline,
@@ -20,7 +19,8 @@ from cocoi_mpi.timeline import (
     pick_requests,
     write_timeline,
 )
-from cocoi_mpi.traces import SUBTASK_DTYPE, TraceWriter, read_trace
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.traces.core import SUBTASK_DTYPE, TraceWriter, read_trace
 
 CONFIG = {"model": "lenet5", "scheme": "cocoi", "code": "rotation", "n": 3, "k": 2}
 META = {"world_size": 4, "hostnames": ["m", "w1", "w2", "w3"]}

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from ..blocks import BlockSpec
 from ..codes import Scheme
-from ..convtask import ConvSpec, Prepared
-from ..engine import Engine, Execution, RoundShortfall, layer_id
+from ..engine.core import Engine, Execution, RoundShortfall, layer_id
 from ..errors import RunError, Stopped
-from ..scenarios import Crash, FaultModel, Scenario
-from ..subtasks import masks_for, reply_shape, rest_output
+from ..experiment.scenarios import Crash, FaultModel, Scenario
+from ..geometry.blocks import BlockSpec
+from ..geometry.conv import ConvSpec, Prepared
+from ..geometry.units import masks_for, reply_shape, rest_output
 from .liveness import Exit, Listener, MasterLink
 from .protocol import (
     CTRL,

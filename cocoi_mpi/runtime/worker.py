@@ -31,10 +31,10 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from ..blocks import BlockSpec
-from ..convtask import ConvSpec
 from ..errors import InternalError
-from ..subtasks import compute
+from ..geometry.blocks import BlockSpec
+from ..geometry.conv import ConvSpec
+from ..geometry.units import compute
 from .idle import Backoff, GcWatch, Usage, poll
 from .liveness import Address, Exit, WorkerLink, connect
 from .master import is_proc_failure
