@@ -44,11 +44,11 @@ DOCUMENTED = {
     ("cocoi_mpi.traces.merge", "MergeError"): ResultError,
     ("cocoi_mpi.analysis.timeline", "TimelineError"): ResultError,
     ("cocoi_mpi.latency.fit", "TraceFitError"): ResultError,
-    ("cocoi_mpi.runtime.master", "WorkerError"): RunError,
-    ("cocoi_mpi.runtime.master", "ShutdownTimeout"): RunError,
+    ("cocoi_mpi.runtime.transport", "WorkerError"): RunError,
+    ("cocoi_mpi.runtime.ending", "ShutdownTimeout"): RunError,
     ("cocoi_mpi.engine.core", "RoundShortfall"): RunError,
     ("cocoi_mpi.testbed.cgroups", "TestbedError"): RunError,
-    ("cocoi_mpi.runtime.master", "Interrupted"): Stopped,
+    ("cocoi_mpi.runtime.transport", "Interrupted"): Stopped,
     ("cocoi_mpi.geometry.conv", "NotSplittable"): InternalError,
     ("cocoi_mpi.runtime.worker", "SetupAborted"): InternalError,
     ("cocoi_mpi.codes.base", "DecodeError"): InternalError,
@@ -83,7 +83,7 @@ def package_exceptions() -> dict[tuple[str, str], type[BaseException]]:
     """Every exception class defined in a module of cocoi_mpi (not re-exports)."""
     found = {}
     for info in pkgutil.walk_packages(cocoi_mpi.__path__, "cocoi_mpi."):
-        if info.name == "cocoi_mpi.__main__":  # runs the CLI on import
+        if info.name.endswith(".__main__"):  # runs the CLI on import
             continue
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
@@ -148,7 +148,7 @@ def test_every_documented_class_has_its_category_code(found):
 
 @pytest.mark.parametrize("signal, code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_stop_by_signal_exits_128_plus_its_number(found, signal, code):
-    interrupted = found[("cocoi_mpi.runtime.master", "Interrupted")]
+    interrupted = found[("cocoi_mpi.runtime.transport", "Interrupted")]
     assert interrupted(f"stopped by {signal}").exit_code == code
 
 
@@ -269,7 +269,7 @@ def job_error(found, module: str, name: str, *args):
     "module, name, message, rank, code, line",
     [
         (
-            "cocoi_mpi.runtime.master",
+            "cocoi_mpi.runtime.transport",
             "Interrupted",
             "stopped by SIGTERM",
             0,
@@ -277,7 +277,7 @@ def job_error(found, module: str, name: str, *args):
             "cocoi: error: stopped by SIGTERM; the trace is closed as incomplete",
         ),
         (
-            "cocoi_mpi.runtime.master",
+            "cocoi_mpi.runtime.transport",
             "Interrupted",
             "stopped by SIGINT",
             0,
@@ -293,7 +293,7 @@ def job_error(found, module: str, name: str, *args):
             "cocoi: error: round 3 cannot decode (--on-shortfall error)",
         ),
         (
-            "cocoi_mpi.runtime.master",
+            "cocoi_mpi.runtime.transport",
             "WorkerError",
             "worker rank 2: fault drill",
             0,
@@ -330,7 +330,7 @@ def test_run_other_exceptions_name_their_type(capsys):
 def test_run_shutdown_timeout_aborts_with_1(found, capsys):
     from cocoi_mpi.cli.run import exit_code_for
 
-    stuck = job_error(found, "cocoi_mpi.runtime.master", "ShutdownTimeout", "2 replies open")
+    stuck = job_error(found, "cocoi_mpi.runtime.ending", "ShutdownTimeout", "2 replies open")
     with pytest.raises(SystemExit, match=r"Abort\(1\)"):
         exit_code_for(stuck, FakeWorld(), 0)
     err = capsys.readouterr().err

@@ -40,9 +40,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..statuses import ScenarioKind
 from ..experiment import scenarios
 from ..experiment.scenarios import PAPER_STRAGGLER_FACTOR, check_levels
+from ..statuses import ScenarioKind
 from .model import (
     BYTES_PER_VALUE,
     Counts,

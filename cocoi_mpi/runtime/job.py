@@ -37,16 +37,10 @@ from ..models.inputs import check_shape, load_input, seeded_inputs
 from ..traces.core import TraceWriter
 from .devices import emulate_devices
 from .idle import GcWatch, Usage
-from .master import (
-    Interrupted,
-    MasterEngine,
-    ShutdownTimeout,
-    WorkerError,
-    failed_ranks,
-    ulfm_enabled,
-)
+from .master import Interrupted, MasterEngine, ShutdownTimeout, WorkerError
 from .protocol import resident_mb, split_report
 from .signals import SignalFlag
+from .ulfm import failed_ranks, ulfm_enabled
 from .worker import run_worker
 
 AUTO_TIMEOUT_MIN_S = 60.0  # --round-timeout auto: never less than this

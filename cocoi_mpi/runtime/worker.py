@@ -37,7 +37,6 @@ from ..geometry.conv import ConvSpec
 from ..geometry.units import compute
 from .idle import Backoff, GcWatch, Usage, poll
 from .liveness import Address, Exit, WorkerLink, connect
-from .master import is_proc_failure
 from .protocol import (
     CTRL,
     ERROR,
@@ -57,6 +56,7 @@ from .protocol import (
     error_report,
     resident_mb,
 )
+from .ulfm import is_proc_failure
 
 IDLE_COLLECT_S = 0.5  # a worker idle this long (seconds slept) runs the collector
 GC_EVERY = 200  # ... and so does one busy for this many tasks without a pause
