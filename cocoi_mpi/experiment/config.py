@@ -10,14 +10,14 @@ import dataclasses
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..codes import BLOCK, CODES, scheme_info, schemes_coding
 from ..engine.core import SHORTFALL_POLICIES
 from ..errors import UserError
-from .scenarios import PAPER_STRAGGLER_FACTOR, Crash, Scenario, parse_crashes
+from .options import BY_NAME, SETTINGS, parse_ranks  # noqa: F401 (parse_ranks: re-exported)
+from .scenarios import Scenario
 from .sweep import cells, parse_entry, parse_sweep, select_part
 
 
@@ -25,51 +25,23 @@ class ConfigError(UserError, ValueError):
     """A setting is missing, unknown or out of range; the message names it."""
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything a run needs to know; recorded as JSON in the HDF5 file."""
-
-    model: str = "vgg16"
-    weights: str | None = None
-    input: str | None = None
-    requests: int | None = None  # default: 1, or the whole test split with --data
-    n: int | None = None  # workers; default: world size - 1
-    k: int | str | None = None  # per layer; "auto" (k°), "star" (k*); default max(1, n - 2)
-    profile: str | None = None  # latency profile (cocoi fit) for --k auto/star; default Pi 4B
-    scheme: str = "cocoi"  # one of codes.RUN_SCHEMES (the registry)
-    code: str = "stable"
-    systematic: bool = False
-    scenario: int = 0  # 0 none, 1 straggling, 2 failures, 3 failures + one straggler
-    lambda_tr: float = 0.0  # scenario 1: extra delay scale, in units of transmission time
-    failures: int = 0  # scenarios 2, 3: workers failing in each round
-    straggler_factor: float = PAPER_STRAGGLER_FACTOR  # scenario 3: compute slowdown
-    straggler_prob: float = 0.8  # scenario 3: chance the straggler is slow in a round
-    link_mbps: float = 0.0  # emulated link bandwidth per transfer; 0 = off
-    seed: int = 0
-    out: str | None = None
-    name: str | None = None
-    check: bool = True
-    tolerance: float = 1e-4  # max |coded - local| / max |local logit| for the check
-    threads: int = 0  # torch threads per rank; 0: cores / ranks on this node
-    silent: tuple[int, ...] = field(default_factory=tuple)  # worker ranks that never reply
-    quiet: bool = False
-    sweep: dict | None = None  # a [sweep] table: schemes x scenarios x repetitions
-    codec: tuple[str, ...] = field(default_factory=tuple)  # learned-code checkpoints, one per block
-    hybrid: bool = False  # learned scheme: run the model's last conv block on the master
-    data: str | None = None  # dataset whose test split is the input (digits, mnist:DIR, ...)
-    round_timeout: float | str = "auto"  # seconds, "auto" (from the plan) or "off"
-    on_shortfall: str = "local"  # a round too few live workers can answer: local or error
-    crash: tuple = field(default_factory=tuple)  # fault drills, scenarios.Crash entries
-    part: str | None = None  # "I/N": serve every N-th sweep cell from I (job arrays)
-    cpu_share: float = 0.0  # testbed: cores each worker is confined to (cgroups); 0 = off
-    master_cpu_share: float = 0.0  # testbed: cores the master is confined to; 0 = unconfined
-    resume: bool = False  # go on with a cut-off trace at `out` (see cocoi_mpi/experiment/resume.py)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def _to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
 
 
-FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+# One field per setting of options.OPTIONS, in its order, with its default.
+RunConfig = dataclasses.make_dataclass(
+    "RunConfig",
+    [(o.name, o.annotation, dataclasses.field(default=o.default)) for o in SETTINGS],
+    frozen=True,
+    namespace={
+        "__module__": __name__,
+        "__doc__": "Everything a run needs to know; recorded as JSON in the HDF5 file.",
+        "to_dict": _to_dict,
+    },
+)
+
+FIELDS = {o.name for o in SETTINGS}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -100,14 +72,12 @@ def build_config(file: str | None, overrides: dict[str, Any], world_size: int) -
     """Merge file and CLI values (CLI wins; None means 'not given') and validate."""
     values = load_toml(file) if file else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
-    if "silent" in values:
-        values["silent"] = parse_ranks(values["silent"])
-    if "codec" in values:
-        values["codec"] = parse_paths(values["codec"])
-    if "crash" in values:
-        values["crash"] = parse_crash_option(values["crash"])
-    if isinstance(values.get("round_timeout"), str):
-        values["round_timeout"] = parse_timeout(values["round_timeout"])
+    for option in SETTINGS:
+        if option.parse is not None and option.name in values:
+            try:
+                values[option.name] = option.parse(values[option.name])
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
     check_types(values)
     try:
         cfg = RunConfig(**values)
@@ -116,113 +86,28 @@ def build_config(file: str | None, overrides: dict[str, Any], world_size: int) -
     return resolve(cfg, world_size)
 
 
-TYPES: dict[str, tuple[type, ...]] = {
-    "model": (str,),
-    "weights": (str,),
-    "input": (str,),
-    "code": (str,),
-    "out": (str,),
-    "name": (str,),
-    "requests": (int,),
-    "n": (int,),
-    "k": (int, str),
-    "profile": (str,),
-    "seed": (int,),
-    "threads": (int,),
-    "systematic": (bool,),
-    "check": (bool,),
-    "quiet": (bool,),
-    "tolerance": (float, int),
-    "scheme": (str,),
-    "scenario": (int,),
-    "lambda_tr": (float, int),
-    "failures": (int,),
-    "straggler_factor": (float, int),
-    "straggler_prob": (float, int),
-    "link_mbps": (float, int),
-    "sweep": (dict,),
-    "hybrid": (bool,),
-    "data": (str,),
-    "round_timeout": (float, int, str),
-    "on_shortfall": (str,),
-    "part": (str,),
-    "cpu_share": (float, int),
-    "master_cpu_share": (float, int),
-    "resume": (bool,),
-}
-
-
 def check_types(values: dict[str, Any]) -> None:
     """A TOML 'k = "2"' is a clear error naming k, not a TypeError deep inside."""
     for key, value in values.items():
-        allowed = TYPES.get(key)
-        if allowed is None or value is None:
+        option = BY_NAME.get(key)
+        if option is None or not option.types or value is None:
             continue
+        allowed = option.types
         wrong_bool = isinstance(value, bool) and bool not in allowed
         if wrong_bool or not isinstance(value, allowed):
             names = " or ".join(t.__name__ for t in allowed)
             raise ConfigError(f"{key} must be a {names}, got {value!r}")
-        if key in FINITE and not math.isfinite(value):
+        if option.finite and not math.isfinite(value):
             raise ConfigError(f"{key} must be a finite number, got {value!r}")
 
 
-# TOML and click accept nan and inf; range checks like `x < 0` let nan through.
-SCENARIO_FLOATS = ("lambda_tr", "straggler_factor", "straggler_prob", "link_mbps")
-FINITE = (*SCENARIO_FLOATS, "tolerance")
-
-
 def check_finite(scenario: Scenario) -> None:
-    """A [sweep] level of nan or inf would slip past Scenario's range checks."""
-    for name in SCENARIO_FLOATS:
-        value = getattr(scenario, name)
-        if not math.isfinite(value):
-            raise ValueError(f"{name} must be a finite number, got {value!r}")
-
-
-def parse_ranks(value: Any) -> tuple[int, ...]:
-    """'1,3', 2 or [1, 3] -> a tuple of ranks."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return (value,)
-    if isinstance(value, list | tuple) and all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        return tuple(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"silent must be a list of worker ranks, got {value!r}")
-    parts = [p for p in value.replace(" ", "").split(",") if p]
-    try:
-        return tuple(int(p) for p in parts)
-    except ValueError:
-        raise ConfigError(
-            f"silent must be a comma-separated list of ranks, got {value!r}"
-        ) from None
-
-
-def parse_paths(value: Any) -> tuple[str, ...]:
-    """A path, a list of paths, or (from the CLI) a tuple of them."""
-    if isinstance(value, str):
-        return (value,)
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return tuple(value)
-    raise ConfigError(f"codec must be a checkpoint path or a list of them, got {value!r}")
-
-
-def parse_crash_option(value: Any) -> tuple[Crash, ...]:
-    """--crash '2@3,4@5:exit' or a TOML list of such entries."""
-    if not isinstance(value, str | list | tuple):
-        raise ConfigError(f"crash must be a string like '2@3' or a list of them, got {value!r}")
-    try:
-        return parse_crashes(value)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-
-
-def parse_timeout(text: str) -> float | str:
-    """'--round-timeout 2.5' arrives as text: seconds, or the words auto / off."""
-    try:
-        return float(text)
-    except ValueError:
-        return text
+    """A [sweep] level of nan or inf would slip past Scenario's range checks (TOML and
+    click accept nan and inf; range checks like `x < 0` let nan through)."""
+    for option in SETTINGS:
+        value = getattr(scenario, option.name, None) if option.finite else None
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{option.name} must be a finite number, got {value!r}")
 
 
 def check_reliability(cfg: RunConfig, n: int) -> None:
