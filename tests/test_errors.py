@@ -83,7 +83,7 @@ def package_exceptions() -> dict[tuple[str, str], type[BaseException]]:
     """Every exception class defined in a module of cocoi_mpi (not re-exports)."""
     found = {}
     for info in pkgutil.walk_packages(cocoi_mpi.__path__, "cocoi_mpi."):
-        if info.name == "cocoi_mpi.__main__":  # runs the CLI on import
+        if info.name.rsplit(".", 1)[-1] == "__main__":  # runs the CLI on import
             continue
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
