@@ -2,7 +2,7 @@
 
 Works on traces of killed jobs too: the header says the run is incomplete and the tables
 show whatever was flushed before the end. Fits and plots belong elsewhere; this module only
-reads a :class:`~cocoi_mpi.traces.core.Trace` and formats numbers. Lines stay within 100 columns.
+reads a :class:`~cocoi_mpi.traces.reader.Trace` and formats numbers. Lines stay within 100 columns.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from ..traces.core import SUBTASK_STATUSES, TABLES, Trace, TraceError, read_trace
+from ..traces.reader import Trace, TraceError, read_trace
+from ..traces.schema import SUBTASK_STATUSES, TABLES
 from .experiments import layer_split, scheme_stats
 
 __all__ = ["TraceError", "report_main", "summarize", "write_csv"]

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ResultError
-from ..traces.core import Trace
+from ..traces.reader import Trace
 
 __all__ = [
     "CLOCK_NOTE",

@@ -111,7 +111,7 @@ def _timeline_plan(path: str, out: str | None, wanted: tuple[int, ...] | None):
     if out is None:
         return None
     from ..analysis.timeline import pick_requests
-    from ..traces.core import read_trace
+    from ..traces.reader import read_trace
 
     trace = read_trace(path)
     return trace, out, pick_requests(trace, wanted)
@@ -442,7 +442,7 @@ def simulate(
 def fit(trace: str, out: str, plot: str | None, method: str) -> None:
     """Fit (mu, theta) of master, receive, compute and send from a trace (appendix B)."""
     from ..latency.fit import fit_samples, plot_cdfs, trace_samples
-    from ..traces.core import read_trace
+    from ..traces.reader import read_trace
 
     samples = trace_samples(read_trace(trace))
     profile = fit_samples(samples, method, source=trace)
