@@ -11,14 +11,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cocoi_mpi.analysis.timeline import (
-    MASTER_PHASES,
-    TimelineError,
-    build_timeline,
-    chrome_trace,
-    pick_requests,
-    write_timeline,
-)
+from cocoi_mpi.analysis.chrome_json import chrome_trace
+from cocoi_mpi.analysis.timeline import TimelineError, build_timeline, pick_requests, write_timeline
+from cocoi_mpi.analysis.tracks import MASTER_PHASES
 from cocoi_mpi.cli.commands import main
 from cocoi_mpi.traces.reader import read_trace
 from cocoi_mpi.traces.schema import SUBTASK_DTYPE
