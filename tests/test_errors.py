@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 import cocoi_mpi
 from cocoi_mpi import errors
-from cocoi_mpi.cli.commands import CocoiGroup, main, reported_as
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.cli.common import CocoiGroup, reported_as
 from cocoi_mpi.errors import (
     CocoiError,
     InternalError,
