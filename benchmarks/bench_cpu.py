@@ -175,14 +175,14 @@ def job_args_of(args) -> list[str]:
 
 
 def latencies(path: Path) -> list[float]:
-    from cocoi_mpi.traces.core import read_trace
+    from cocoi_mpi.traces.reader import read_trace
 
     return [float(v) for v in read_trace(path).requests["latency"]]
 
 
 def meta_rows(path: Path) -> tuple[list[dict], dict]:
     """Per-rank rows from the trace meta (master first), and the GC figures."""
-    from cocoi_mpi.traces.core import read_trace
+    from cocoi_mpi.traces.reader import read_trace
 
     attrs = read_trace(path).attrs
     rows = []

@@ -17,8 +17,8 @@ its builtin base, e.g. ValueError, for callers that catch that)::
     └── InternalError        no exit code: never meant to reach the user
         NotSplittable, SetupAborted, DecodeError, learning._Stop
 
-The ``cocoi`` commands (cocoi_mpi.cli.commands) print one ``cocoi: error: <message>`` line for
-any of them with a code and exit with it. The MPI job (``python -m cocoi_mpi.run``)
+The ``cocoi`` commands (cocoi_mpi.cli.common.CocoiGroup) print one ``cocoi: error: <message>``
+line for any of them with a code and exit with it. The MPI job (``python -m cocoi_mpi.run``)
 does the same for a UserError met before the ranks exchange anything; an error during
 the run ends the job with exit 1 whatever its class (130/143 when stopped by a
 signal), as every rank has to be stopped first (cocoi_mpi.cli.run.exit_code_for).

@@ -60,7 +60,7 @@ from cocoi_mpi.learned.training import (
 )
 from cocoi_mpi.models import WeightsError, build_model, load_weights
 from cocoi_mpi.models.inputs import InputError, check_shape, load_input
-from cocoi_mpi.traces.core import TraceWriter
+from cocoi_mpi.traces.writer import TraceWriter
 
 needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found next to python")
 SHAPE = (1, 32, 32)

@@ -18,7 +18,7 @@ import torch
 
 from cocoi_mpi.models import build_model, input_shape
 from cocoi_mpi.models.inputs import seeded_inputs
-from cocoi_mpi.traces.core import read_trace
+from cocoi_mpi.traces.reader import read_trace
 
 HERE = Path(__file__).resolve().parent
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")

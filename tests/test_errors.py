@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 import cocoi_mpi
 from cocoi_mpi import errors
-from cocoi_mpi.cli.commands import CocoiGroup, main, reported_as
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.cli.common import CocoiGroup, reported_as
 from cocoi_mpi.errors import (
     CocoiError,
     InternalError,
@@ -40,7 +41,7 @@ DOCUMENTED = {
     ("cocoi_mpi.models.data", "DataError"): UserError,
     ("cocoi_mpi.learned.training", "CodecError"): UserError,
     ("cocoi_mpi.geometry.blocks", "BlockError"): UserError,
-    ("cocoi_mpi.traces.core", "TraceError"): ResultError,
+    ("cocoi_mpi.traces.reader", "TraceError"): ResultError,
     ("cocoi_mpi.traces.merge", "MergeError"): ResultError,
     ("cocoi_mpi.analysis.timeline", "TimelineError"): ResultError,
     ("cocoi_mpi.latency.fit", "TraceFitError"): ResultError,
@@ -203,7 +204,7 @@ def test_handler_prints_one_line_and_exits_with_the_code(exc, code):
 
 def test_handler_uses_the_project_classes_codes():
     from cocoi_mpi.experiment.config import ConfigError
-    from cocoi_mpi.traces.core import TraceError
+    from cocoi_mpi.traces.reader import TraceError
 
     for exc, code in ((ConfigError("k must be >= 1"), 2), (TraceError("x.h5: no such file"), 1)):
         result = CliRunner().invoke(group_with(exc), ["sub", "go"])

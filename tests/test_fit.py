@@ -20,7 +20,9 @@ from cocoi_mpi.latency.fit import (
     trace_samples,
 )
 from cocoi_mpi.latency.model import Profile, ShiftExp, se_sample
-from cocoi_mpi.traces.core import ROUND_DTYPE, SUBTASK_DTYPE, TraceWriter, read_trace
+from cocoi_mpi.traces.reader import read_trace
+from cocoi_mpi.traces.schema import ROUND_DTYPE, SUBTASK_DTYPE
+from cocoi_mpi.traces.writer import TraceWriter
 
 TRUE = {
     "m": ShiftExp(mu=2e9, theta=1.5e-9),

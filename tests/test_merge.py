@@ -7,8 +7,9 @@ import pytest
 from click.testing import CliRunner
 
 from cocoi_mpi.cli.commands import main
-from cocoi_mpi.traces.core import TraceWriter, read_trace
 from cocoi_mpi.traces.merge import MergeError, merge_traces
+from cocoi_mpi.traces.reader import read_trace
+from cocoi_mpi.traces.writer import TraceWriter
 
 CONFIG = {"model": "lenet5", "seed": 0, "sweep": {"schemes": ["cocoi", "uncoded"]}}
 

@@ -22,7 +22,8 @@ import pandas as pd
 import pytest
 
 from cocoi_mpi.analysis.experiments import layer_split, scheme_stats
-from cocoi_mpi.traces.core import TraceWriter, read_trace
+from cocoi_mpi.traces.reader import read_trace
+from cocoi_mpi.traces.writer import TraceWriter
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "hdf5.md"
 SECTION = "## Reading the tables"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from test_e2e import MPIRUN, assert_matches_local, error_lines, mpi_env
 
-from cocoi_mpi.traces.core import read_trace
+from cocoi_mpi.traces.reader import read_trace
 
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found next to python")
 

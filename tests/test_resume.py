@@ -21,7 +21,8 @@ from cocoi_mpi.experiment.resume import (
     stored_config,
 )
 from cocoi_mpi.experiment.sweep import cells, parse_sweep
-from cocoi_mpi.traces.core import TraceWriter, read_trace
+from cocoi_mpi.traces.reader import read_trace
+from cocoi_mpi.traces.writer import TraceWriter
 
 SWEEP = {
     "schemes": ["cocoi", "uncoded", "replication"],

@@ -21,7 +21,7 @@ from cocoi_mpi.geometry.units import compute, masks_for, reply_shape, rest_outpu
 from cocoi_mpi.latency import simulate, soliton
 from cocoi_mpi.latency.model import LayerShape, pi4_profile
 from cocoi_mpi.statuses import CrashKind, FaultKind, ScenarioKind, Status
-from cocoi_mpi.traces.core import SUBTASK_STATUSES
+from cocoi_mpi.traces.schema import SUBTASK_STATUSES
 
 VGG = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="features.2")
 

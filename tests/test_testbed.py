@@ -131,7 +131,7 @@ def test_shares_are_validated():
 def test_run_confines_workers_and_tears_down(tmp_path):
     from test_e2e import mpirun
 
-    from cocoi_mpi.traces.core import read_trace
+    from cocoi_mpi.traces.reader import read_trace
 
     out = tmp_path / "tb.h5"
     proc = mpirun(
@@ -147,7 +147,7 @@ def test_run_confines_workers_and_tears_down(tmp_path):
 def test_run_without_writable_cgroups_says_so_and_runs(tmp_path):
     from test_e2e import mpirun
 
-    from cocoi_mpi.traces.core import read_trace
+    from cocoi_mpi.traces.reader import read_trace
 
     out = tmp_path / "tb.h5"
     empty = tmp_path / "no-cgroups"

@@ -10,7 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ..traces.core import Trace
+from ..traces.reader import Trace
 
 
 def group_keys(req: dict[str, np.ndarray]) -> list[tuple[int, float, str]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from ..traces.core import Trace
+from ..traces.reader import Trace
 from .experiments import layer_split, scheme_stats
 
 SCENARIO_AXIS = {

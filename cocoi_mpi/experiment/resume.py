@@ -49,7 +49,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..traces.core import Trace, TraceError, TraceWriter, read_trace
+from ..traces.reader import Trace, TraceError, read_trace
+from ..traces.writer import TraceWriter
 from .sweep import Cell
 
 # Settings that change where a run writes or how it prints, never what it serves.

@@ -17,7 +17,9 @@ from typing import Any
 
 from ..errors import ResultError
 from ..experiment.sweep import parse_part
-from .core import _RESERVED_ATTRS, TABLES, Trace, TraceWriter, read_trace
+from .reader import Trace, read_trace
+from .schema import _RESERVED_ATTRS, TABLES
+from .writer import TraceWriter
 
 # Settings that may differ between the parts of one sweep.
 PER_PART = ("part", "out")
