@@ -13,14 +13,15 @@ from torch import nn
 
 from cocoi_mpi.codes import make_scheme
 from cocoi_mpi.codes.lt import LTCode
-from cocoi_mpi.statuses import CrashKind, FaultKind, ScenarioKind, Status
 from cocoi_mpi.experiment import scenarios
 from cocoi_mpi.experiment.scenarios import CRASH_KINDS, FaultModel, parse_crash
 from cocoi_mpi.geometry.blocks import block_spec, cut_block, probe_block, split_block
 from cocoi_mpi.geometry.conv import ConvRound, Prepared, conv_spec
 from cocoi_mpi.geometry.units import compute, masks_for, reply_shape, rest_output
 from cocoi_mpi.latency import simulate, soliton
-from cocoi_mpi.latency.model import LayerShape, pi4_profile
+from cocoi_mpi.latency.counts import LayerShape
+from cocoi_mpi.latency.profile import pi4_profile
+from cocoi_mpi.statuses import CrashKind, FaultKind, ScenarioKind, Status
 from cocoi_mpi.traces.core import SUBTASK_STATUSES
 
 VGG = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="features.2")

@@ -7,7 +7,8 @@ import pytest
 from click.testing import CliRunner
 
 from cocoi_mpi.cli.commands import main
-from cocoi_mpi.latency.model import LayerShape, Profile, ShiftExp, pi4_profile
+from cocoi_mpi.latency.counts import LayerShape
+from cocoi_mpi.latency.profile import Profile, ShiftExp, pi4_profile
 from cocoi_mpi.latency.simulate import (
     Scenario,
     _need_with_resend,

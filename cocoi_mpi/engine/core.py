@@ -42,7 +42,7 @@ from ..geometry.conv import (
     worker_conv,
 )
 from ..geometry.units import compute, masks_for, rest_output
-from ..latency.model import counts_for_spec
+from ..latency.counts import counts_for_spec
 
 SHORTFALL_POLICIES = ("local", "error")
 

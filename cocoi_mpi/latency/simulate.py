@@ -40,18 +40,12 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..statuses import ScenarioKind
 from ..experiment import scenarios
 from ..experiment.scenarios import PAPER_STRAGGLER_FACTOR, check_levels
-from .model import (
-    BYTES_PER_VALUE,
-    Counts,
-    LayerShape,
-    Profile,
-    ShiftExp,
-    k_circ,
-    layer_counts,
-)
+from ..statuses import ScenarioKind
+from .counts import BYTES_PER_VALUE, Counts, LayerShape, layer_counts
+from .model import k_circ
+from .profile import Profile, ShiftExp
 from .soliton import SOLITON_C, SOLITON_DELTA, robust_soliton
 
 SCHEMES = ("cocoi", "uncoded", "replication", "lt")
