@@ -16,7 +16,8 @@ from cocoi_mpi.codes.lt import LTCode
 from cocoi_mpi.experiment import scenarios
 from cocoi_mpi.experiment.scenarios import CRASH_KINDS, FaultModel, parse_crash
 from cocoi_mpi.geometry.blocks import block_spec, cut_block, probe_block, split_block
-from cocoi_mpi.geometry.conv import ConvRound, Prepared, conv_spec
+from cocoi_mpi.geometry.conv import conv_spec
+from cocoi_mpi.geometry.rounds import ConvRound, Prepared
 from cocoi_mpi.geometry.units import compute, masks_for, reply_shape, rest_output
 from cocoi_mpi.latency import lt_decoding, sim_schemes, simulate, soliton
 from cocoi_mpi.latency.counts import LayerShape

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..codes import BLOCK, CONV, Scheme, SchemeInfo, scheme_info
 from ..errors import RunError
+from ..geometry.assembly import Assembly, conv_output_shape, merge
 from ..geometry.blocks import (
     BlockLoc,
     BlockSpec,
@@ -28,19 +29,8 @@ from ..geometry.blocks import (
     probe_block,
     split_block,
 )
-from ..geometry.conv import (
-    Assembly,
-    ConvRound,
-    ConvSpec,
-    NotSplittable,
-    Prepared,
-    conv_output_shape,
-    conv_spec,
-    layer_k,
-    merge,
-    new_buffer,
-    worker_conv,
-)
+from ..geometry.conv import ConvSpec, NotSplittable, conv_spec, layer_k, worker_conv
+from ..geometry.rounds import ConvRound, Prepared, new_buffer
 from ..geometry.units import compute, masks_for, rest_output
 from ..latency.counts import counts_for_spec
 
