@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from cocoi_mpi.engine.core import CodedBlock, LocalEngine, install_blocks
+from cocoi_mpi.engine.core import LocalEngine
+from cocoi_mpi.engine.proxies import CodedBlock, install_blocks
 from cocoi_mpi.geometry.blocks import (
     BlockError,
     BlockLoc,

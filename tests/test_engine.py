@@ -15,7 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from cocoi_mpi.engine.core import CodedConv, LocalEngine, RoundShortfall, install, type1_convs
+from cocoi_mpi.engine.core import LocalEngine
+from cocoi_mpi.engine.proxies import CodedConv, install, type1_convs
+from cocoi_mpi.engine.rows import RoundShortfall
 from cocoi_mpi.geometry.split import split_layer, tightest_pieces
 from cocoi_mpi.models import build_model, input_shape
 

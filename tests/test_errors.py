@@ -46,7 +46,7 @@ DOCUMENTED = {
     ("cocoi_mpi.latency.fit", "TraceFitError"): ResultError,
     ("cocoi_mpi.runtime.master", "WorkerError"): RunError,
     ("cocoi_mpi.runtime.master", "ShutdownTimeout"): RunError,
-    ("cocoi_mpi.engine.core", "RoundShortfall"): RunError,
+    ("cocoi_mpi.engine.rows", "RoundShortfall"): RunError,
     ("cocoi_mpi.testbed.cgroups", "TestbedError"): RunError,
     ("cocoi_mpi.runtime.master", "Interrupted"): Stopped,
     ("cocoi_mpi.geometry.conv", "NotSplittable"): InternalError,
@@ -285,7 +285,7 @@ def job_error(found, module: str, name: str, *args):
             "cocoi: error: stopped by SIGINT; the trace is closed as incomplete",
         ),
         (
-            "cocoi_mpi.engine.core",
+            "cocoi_mpi.engine.rows",
             "RoundShortfall",
             "round 3 cannot decode",
             0,
