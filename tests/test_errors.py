@@ -38,7 +38,7 @@ DOCUMENTED = {
     ("cocoi_mpi.models", "WeightsError"): UserError,
     ("cocoi_mpi.models.inputs", "InputError"): UserError,
     ("cocoi_mpi.models.data", "DataError"): UserError,
-    ("cocoi_mpi.learned.training", "CodecError"): UserError,
+    ("cocoi_mpi.learned.coded_block", "CodecError"): UserError,
     ("cocoi_mpi.geometry.blocks", "BlockError"): UserError,
     ("cocoi_mpi.traces.core", "TraceError"): ResultError,
     ("cocoi_mpi.traces.merge", "MergeError"): ResultError,
@@ -52,7 +52,7 @@ DOCUMENTED = {
     ("cocoi_mpi.geometry.conv", "NotSplittable"): InternalError,
     ("cocoi_mpi.runtime.worker", "SetupAborted"): InternalError,
     ("cocoi_mpi.codes.base", "DecodeError"): InternalError,
-    ("cocoi_mpi.learned.training", "_Stop"): InternalError,
+    ("cocoi_mpi.learned.coded_block", "_Stop"): InternalError,
 }
 
 # Builtin bases that callers catch (except ValueError / RuntimeError): kept.

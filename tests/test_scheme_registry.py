@@ -36,8 +36,8 @@ from cocoi_mpi.codes.registry import K_SOURCES, UNITS
 from cocoi_mpi.engine.core import LocalEngine
 from cocoi_mpi.engine.proxies import install, install_blocks
 from cocoi_mpi.experiment.config import ConfigError, build_config
+from cocoi_mpi.learned.coded_block import make_coded_block
 from cocoi_mpi.learned.scheme import LearnedScheme
-from cocoi_mpi.learned.training import make_coded_block
 from cocoi_mpi.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
