@@ -17,17 +17,15 @@ import time
 
 import numpy as np
 
+from cocoi_mpi.latency.counts import LayerShape
 from cocoi_mpi.latency.model import (
-    LayerShape,
-    Profile,
-    ShiftExp,
     approx_latency,
     k_circ,
     mc_latency,
-    pi4_profile,
     straggler_gain,
     straggling_ratio,
 )
+from cocoi_mpi.latency.profile import Profile, ShiftExp, pi4_profile
 from cocoi_mpi.latency.simulate import format_results, simulate
 
 VGG_CONV3 = LayerShape.conv(64, 112, 112, 128, 3, padding=1, name="vgg16 features.5")

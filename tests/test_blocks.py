@@ -15,7 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from cocoi_mpi.engine.core import CodedBlock, LocalEngine, install_blocks
+from cocoi_mpi.engine.core import LocalEngine
+from cocoi_mpi.engine.proxies import CodedBlock, install_blocks
 from cocoi_mpi.geometry.blocks import (
     BlockError,
     BlockLoc,
@@ -31,8 +32,9 @@ from cocoi_mpi.geometry.blocks import (
     run_rest,
     split_block,
 )
+from cocoi_mpi.learned.accuracy import coded_predictions
+from cocoi_mpi.learned.coded_block import make_coded_block
 from cocoi_mpi.learned.scheme import LearnedScheme
-from cocoi_mpi.learned.training import coded_predictions, make_coded_block
 from cocoi_mpi.models import build_model
 from cocoi_mpi.models.vgg16 import vgg16
 

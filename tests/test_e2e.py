@@ -495,13 +495,9 @@ def test_sweep_compares_planned_and_fixed_k(tmp_path):
 @pytest.fixture(scope="module")
 def learned_files(tmp_path_factory):
     """A LeNet-5 trained briefly on digits and codecs for both of its blocks."""
-    from cocoi_mpi.learned.training import (
-        CodecTraining,
-        make_coded_block,
-        new_state,
-        save_codec,
-        train_codec,
-    )
+    from cocoi_mpi.learned.checkpoint import new_state, save_codec
+    from cocoi_mpi.learned.coded_block import make_coded_block
+    from cocoi_mpi.learned.training import CodecTraining, train_codec
     from cocoi_mpi.models.data import load_dataset
     from cocoi_mpi.models.training import save_base, train_base
 
@@ -521,7 +517,8 @@ def learned_files(tmp_path_factory):
 
 
 def offline_logits(files, codecs, lost, count) -> torch.Tensor:
-    from cocoi_mpi.learned.training import coded_predictions, load_codec
+    from cocoi_mpi.learned.accuracy import coded_predictions
+    from cocoi_mpi.learned.checkpoint import load_codec
     from cocoi_mpi.models import load_weights
     from cocoi_mpi.models.data import load_dataset
 

@@ -39,7 +39,7 @@ DOCUMENTED = {
     ("cocoi_mpi.models", "WeightsError"): UserError,
     ("cocoi_mpi.models.inputs", "InputError"): UserError,
     ("cocoi_mpi.models.data", "DataError"): UserError,
-    ("cocoi_mpi.learned.training", "CodecError"): UserError,
+    ("cocoi_mpi.learned.coded_block", "CodecError"): UserError,
     ("cocoi_mpi.geometry.blocks", "BlockError"): UserError,
     ("cocoi_mpi.traces.reader", "TraceError"): ResultError,
     ("cocoi_mpi.traces.merge", "MergeError"): ResultError,
@@ -47,13 +47,13 @@ DOCUMENTED = {
     ("cocoi_mpi.latency.fit", "TraceFitError"): ResultError,
     ("cocoi_mpi.runtime.transport", "WorkerError"): RunError,
     ("cocoi_mpi.runtime.ending", "ShutdownTimeout"): RunError,
-    ("cocoi_mpi.engine.core", "RoundShortfall"): RunError,
+    ("cocoi_mpi.engine.rows", "RoundShortfall"): RunError,
     ("cocoi_mpi.testbed.cgroups", "TestbedError"): RunError,
     ("cocoi_mpi.runtime.transport", "Interrupted"): Stopped,
     ("cocoi_mpi.geometry.conv", "NotSplittable"): InternalError,
     ("cocoi_mpi.runtime.worker", "SetupAborted"): InternalError,
     ("cocoi_mpi.codes.base", "DecodeError"): InternalError,
-    ("cocoi_mpi.learned.training", "_Stop"): InternalError,
+    ("cocoi_mpi.learned.coded_block", "_Stop"): InternalError,
 }
 
 # Builtin bases that callers catch (except ValueError / RuntimeError): kept.
@@ -286,7 +286,7 @@ def job_error(found, module: str, name: str, *args):
             "cocoi: error: stopped by SIGINT; the trace is closed as incomplete",
         ),
         (
-            "cocoi_mpi.engine.core",
+            "cocoi_mpi.engine.rows",
             "RoundShortfall",
             "round 3 cannot decode",
             0,

@@ -19,7 +19,7 @@ from cocoi_mpi.latency.fit import (
     plot_cdfs,
     trace_samples,
 )
-from cocoi_mpi.latency.model import Profile, ShiftExp, se_sample
+from cocoi_mpi.latency.profile import Profile, ShiftExp, se_sample
 from cocoi_mpi.traces.reader import read_trace
 from cocoi_mpi.traces.schema import ROUND_DTYPE, SUBTASK_DTYPE
 from cocoi_mpi.traces.writer import TraceWriter
@@ -181,8 +181,8 @@ def test_plot_cdfs_direct(tmp_path):
 
 def test_coding_samples_pair_each_conv_rounds_coding_time_with_its_bytes():
     """One conv round (n = 10, k = 8, m = 1), one fallback round (left out)."""
+    from cocoi_mpi.latency.counts import coding_bytes
     from cocoi_mpi.latency.fit import coding_samples
-    from cocoi_mpi.latency.model import coding_bytes
 
     rounds = {
         "round": np.array([1, 2]),

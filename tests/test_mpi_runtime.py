@@ -18,7 +18,8 @@ from torch import nn
 mpi4py = pytest.importorskip("mpi4py")
 from mpi4py import MPI  # noqa: E402
 
-from cocoi_mpi.engine.core import RoundShortfall, install  # noqa: E402
+from cocoi_mpi.engine.proxies import install  # noqa: E402
+from cocoi_mpi.engine.rows import RoundShortfall  # noqa: E402
 from cocoi_mpi.runtime.master import MasterEngine, WorkerError  # noqa: E402
 from cocoi_mpi.runtime.transport import elements_received  # noqa: E402
 from cocoi_mpi.runtime.worker import run_worker  # noqa: E402

@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from torch import nn
 
 from cocoi_mpi.cli.commands import main
-from cocoi_mpi.latency.model import LayerShape, ShiftExp, approx_latency, k_circ, pi4_profile
+from cocoi_mpi.latency.counts import LayerShape
+from cocoi_mpi.latency.model import approx_latency, k_circ
 from cocoi_mpi.latency.planning import (
     build_for_shapes,
     format_plan,
@@ -19,6 +20,7 @@ from cocoi_mpi.latency.planning import (
     plan_layer,
     plan_model,
 )
+from cocoi_mpi.latency.profile import ShiftExp, pi4_profile
 
 VGG = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="features.2")
 

@@ -33,10 +33,11 @@ from cocoi_mpi.codes import (
 )
 from cocoi_mpi.codes.linear import GENERATORS
 from cocoi_mpi.codes.registry import K_SOURCES, UNITS
-from cocoi_mpi.engine.core import LocalEngine, install, install_blocks
+from cocoi_mpi.engine.core import LocalEngine
+from cocoi_mpi.engine.proxies import install, install_blocks
 from cocoi_mpi.experiment.config import ConfigError, build_config
+from cocoi_mpi.learned.coded_block import make_coded_block
 from cocoi_mpi.learned.scheme import LearnedScheme
-from cocoi_mpi.learned.training import make_coded_block
 from cocoi_mpi.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -128,6 +129,8 @@ def test_engine_refuses_an_unknown_scheme_by_name():
     "module",
     [
         "cocoi_mpi.engine.core",
+        "cocoi_mpi.engine.proxies",
+        "cocoi_mpi.engine.rows",
         "cocoi_mpi.experiment.config",
         "cocoi_mpi.experiment.summary",
         "cocoi_mpi.runtime.job",

@@ -11,64 +11,26 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..codes import BLOCK, CONV, Scheme, SchemeInfo, scheme_info
-from ..errors import RunError
-from ..geometry.blocks import (
-    BlockLoc,
-    BlockSpec,
-    block_modules,
-    block_spec,
-    cut_block,
-    probe_block,
-    split_block,
-)
-from ..geometry.conv import (
-    Assembly,
-    ConvRound,
-    ConvSpec,
-    NotSplittable,
-    Prepared,
-    conv_output_shape,
-    conv_spec,
-    layer_k,
-    merge,
-    new_buffer,
-    worker_conv,
-)
+from ..codes import Scheme, SchemeInfo, scheme_info
+from ..geometry.assembly import Assembly, conv_output_shape, merge
+from ..geometry.blocks import BlockSpec, cut_block, probe_block, split_block
+from ..geometry.conv import ConvSpec, NotSplittable, layer_k, worker_conv
+from ..geometry.rounds import ConvRound, Prepared, new_buffer
 from ..geometry.units import compute, masks_for, rest_output
-from ..latency.model import counts_for_spec
+from .proxies import install as install
+from .proxies import install_blocks as install_blocks
+from .proxies import type1_convs as type1_convs
+from .rows import FAILED_STATUSES, Execution, RoundShortfall, flop_counts, layer_id, no_arithmetic
+from .rows import SHORTFALL_POLICIES as SHORTFALL_POLICIES
 
-SHORTFALL_POLICIES = ("local", "error")
-
-
-class RoundShortfall(RunError, RuntimeError):
-    """Too few live workers replied for a round to decode; ``rows`` are its subtask rows."""
-
-    def __init__(self, message: str, rows: list[dict] | None = None):
-        super().__init__(message)
-        self.rows = rows or []
-
-
-@dataclass
-class Execution:
-    """What came back from the workers for one round, as the engine needs it."""
-
-    outputs: dict[int, torch.Tensor]  # subtask index -> output, in arrival order
-    send_s: float = 0.0
-    wait_s: float = 0.0
-    remainder_s: float = 0.0
-    rest: torch.Tensor | None = None
-    n_outstanding: int = 0
-    n_failed: int = 0
-    subtasks: list[dict] = field(default_factory=list)
-    ranks: dict[int, int] = field(default_factory=dict)  # subtask -> rank that answered
-    release: Callable[[], None] | None = None  # frees receive buffers once decoded
+# The `x as x` imports are re-exports: runtime/job.py, cli/run.py and
+# experiment/config.py (restructured elsewhere, issue 17) import them from engine.core,
+# as runtime/master.py does Execution, RoundShortfall and layer_id; new code imports
+# them from engine.proxies and engine.rows.
 
 
 class Engine:
@@ -317,20 +279,6 @@ class Engine:
         return rounds, subtasks
 
 
-FAILED_STATUSES = ("failed", "dead", "timeout")
-
-
-def no_arithmetic(code: Scheme, used: list[int]) -> bool:
-    """Did decoding only place outputs? (every used subtask carried source pieces)"""
-    return bool(getattr(code, "systematic", False)) and all(i < code.k for i in used)
-
-
-def flop_counts(spec: ConvSpec, x: torch.Tensor, code: Scheme) -> dict:
-    """The N of the latency model for this round (eq. 8-12), as the planner computes them."""
-    c = counts_for_spec(spec, x.shape[2], x.shape[3], code.n, code.k, code.pieces_per_task)
-    return dict(n_enc=float(c.enc), n_cmp=float(c.cmp), n_dec=float(c.dec))
-
-
 def local_conv(spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """The layer as the model would compute it, on the master."""
     x = F.pad(x, (*spec.pad_w, 0, 0)) if any(spec.pad_w) else x
@@ -372,101 +320,3 @@ class LocalEngine(Engine):
             n_failed=len(self.silent & set(range(code.n))),
             ranks={i: i + 1 for i in outputs},
         )
-
-
-class CodedConv(nn.Module):
-    """Stands in for a type-1 Conv2d and hands its forward to the engine."""
-
-    def __init__(self, conv: nn.Conv2d, spec: ConvSpec, engine: Engine):
-        super().__init__()
-        self.conv, self.spec = conv, spec
-        self._engine = [engine]  # a list keeps the engine out of the module tree
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        engine = self._engine[0]
-        if engine.bypass or not self.distributed(engine):
-            return self.conv(x)
-        return engine.run_conv(self.spec, x, self.conv.bias)
-
-    def distributed(self, engine: Engine) -> bool:
-        """Only schemes that code single convs distribute this one, and of those only
-        the cells whose plan made it type-1 (``engine.active``; None: every proxy)."""
-        active = engine.active is None or self.spec.name in engine.active
-        return engine.codes(CONV) and active
-
-
-class CodedBlock(nn.Module):
-    """Stands in for a conv block (its first module; the others become Identity).
-
-    Under a block scheme (learned) the engine runs the block as one coded round when
-    it has a codec for it; otherwise the original layers run, with their conv proxies
-    inside (which distribute under conv schemes only).
-    """
-
-    def __init__(self, inner: nn.Sequential, spec: BlockSpec, engine: Engine):
-        super().__init__()
-        self.inner, self.spec = inner, spec
-        self._engine = [engine]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        engine = self._engine[0]
-        coded = engine.codes(BLOCK) and self.spec.name in engine.codecs
-        if engine.bypass or not coded:
-            return self.inner(x)
-        return engine.run_block(self.spec, x)
-
-
-def install_blocks(
-    model: nn.Module, engine: Engine, locs: list[BlockLoc], first_id: int = 10_000
-) -> list[BlockSpec]:
-    """Replace each block by a CodedBlock proxy; ``locs`` come from ``find_blocks``,
-    taken before conv proxies were installed (the spec unwraps them)."""
-    specs = []
-    for i, loc in enumerate(locs):
-        modules = block_modules(model, loc)
-        plain = [m.conv if isinstance(m, CodedConv) else m for m in modules]
-        spec = block_spec(first_id + i, loc.name, plain)
-        container = model.get_submodule(loc.container) if loc.container else model
-        container[loc.start] = CodedBlock(nn.Sequential(*modules), spec, engine)
-        for j in range(loc.start + 1, loc.stop):
-            container[j] = nn.Identity()
-        specs.append(spec)
-    return specs
-
-
-def layer_id(spec: ConvSpec | BlockSpec) -> int:
-    return spec.block_id if isinstance(spec, BlockSpec) else spec.layer_id
-
-
-def type1_convs(model: nn.Module, skip_first: bool = True) -> list[tuple[str, nn.Conv2d]]:
-    """The convs to distribute: every Conv2d but the first (until planning decides)."""
-    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    return convs[1:] if skip_first else convs
-
-
-def install(
-    model: nn.Module, engine: Engine, skip_first: bool = True, only: set[str] | None = None
-) -> list[ConvSpec]:
-    """Replace type-1 convs by CodedConv proxies in place; return their specs in order.
-
-    ``only``: names of the convs to distribute (a plan's type-1 choice); otherwise every
-    conv but the first (``skip_first``).
-    """
-    specs = []
-    convs = type1_convs(model, skip_first=only is None and skip_first)
-    if only is not None:
-        convs = [(name, conv) for name, conv in convs if name in only]
-    for layer_id, (name, conv) in enumerate(convs):
-        try:
-            spec = conv_spec(layer_id, name, conv)
-        except NotSplittable:
-            continue
-        set_submodule(model, name, CodedConv(conv, spec, engine))
-        specs.append(spec)
-    return specs
-
-
-def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)

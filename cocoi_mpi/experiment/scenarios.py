@@ -87,8 +87,9 @@ def check_levels(
     prob_name: str = "straggler_prob",
 ) -> None:
     """The ranges of the paper's scenario parameters, for every description of them
-    (this module's ``Scenario`` and the simulator's, :class:`cocoi_mpi.latency.simulate.Scenario`,
-    which calls the straggler's factor and probability by its own names)."""
+    (this module's ``Scenario`` and the simulator's,
+    :class:`cocoi_mpi.latency.sim_schemes.Scenario`, which calls the straggler's factor
+    and probability by its own names)."""
     if lambda_tr < 0:
         raise ValueError(f"lambda_tr must be >= 0, got {lambda_tr}")
     if failures < 0:

@@ -31,7 +31,7 @@ from .split import AxisGeom, equal_pieces
 
 if TYPE_CHECKING:
     from ..codes import Scheme
-    from .conv import Prepared
+    from .rounds import Prepared
 
 Range = tuple[int, int]
 

@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 
 from ..codes import Scheme
-from .conv import ConvRound, Prepared
+from .rounds import ConvRound, Prepared
 
 Range = tuple[int, int]
 

@@ -25,7 +25,8 @@ import numpy as np
 
 from ..errors import ResultError
 from ..experiment.scenarios import transfer_s
-from .model import BYTES_PER_VALUE, CODE_PHASE, PHASES, Profile, ShiftExp, coding_bytes, se_cdf
+from .counts import BYTES_PER_VALUE, coding_bytes
+from .profile import CODE_PHASE, PHASES, Profile, ShiftExp, se_cdf
 
 FIT_METHODS = ("mle", "unbiased", "quantile")
 USABLE_STATUSES = ("used", "late")
@@ -147,7 +148,7 @@ def trace_samples(trace: object) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 def coding_samples(rounds: Mapping, subtasks: Mapping) -> tuple[np.ndarray, np.ndarray]:
     """(cut + encode + decode + place seconds, bytes touched) per conv round.
 
-    The bytes follow :func:`cocoi_mpi.latency.model.coding_bytes` from the round's n, k, m
+    The bytes follow :func:`cocoi_mpi.latency.counts.coding_bytes` from the round's n, k, m
     and one subtask's input and output sizes (bytes_in, bytes_out carry m pieces).
     Rounds that fell back to the master or whose subtasks are unknown are left out."""
     size_in, size_out = {}, {}

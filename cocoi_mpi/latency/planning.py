@@ -13,15 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .model import (
-    LayerShape,
-    Profile,
-    approx_latency,
-    k_circ,
-    local_latency,
-    max_feasible_k,
-    mc_latency,
-)
+from .counts import LayerShape, max_feasible_k
+from .model import approx_latency, k_circ, local_latency, mc_latency
+from .profile import Profile
 
 if TYPE_CHECKING:
     from torch import nn
