@@ -109,15 +109,10 @@ def _train(**o) -> None:
     from pathlib import Path
 
     from ..experiment.progress import progress
-    from ..learned.training import (
-        CodecTraining,
-        coded_accuracy,
-        load_codec,
-        make_coded_block,
-        new_state,
-        save_codec,
-        train_codec,
-    )
+    from ..learned.accuracy import coded_accuracy
+    from ..learned.checkpoint import load_codec, new_state, save_codec
+    from ..learned.coded_block import make_coded_block
+    from ..learned.training import CodecTraining, train_codec
     from ..models import build_model, input_shape, load_weights
     from ..models.data import load_dataset
     from ..models.training import accuracy, save_base, train_base
@@ -235,7 +230,8 @@ def accuracy(model, weights, codecs, data, lost_rows, markdown) -> None:
 
 
 def _accuracy_lines(model_spec, weights, codecs, data, lost_rows, markdown) -> list[str]:
-    from ..learned.training import coded_accuracy, load_codec
+    from ..learned.accuracy import coded_accuracy
+    from ..learned.checkpoint import load_codec
     from ..models import build_model, input_shape, load_weights
     from ..models.data import load_dataset
     from ..models.training import accuracy as plain_accuracy

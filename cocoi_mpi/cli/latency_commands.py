@@ -11,7 +11,7 @@ from .common import _ints, reported_as
 
 def _load_profile(path: str | None):
     """A fitted profile from JSON, or the built-in Raspberry Pi 4B + WiFi one."""
-    from ..latency.model import Profile, pi4_profile
+    from ..latency.profile import Profile, pi4_profile
 
     if path is None:
         return pi4_profile()
@@ -168,8 +168,9 @@ def simulate(
     """Mean and p95 latency of one layer under CoCoI, uncoded, replication and LT."""
     import time
 
-    from ..latency.model import LayerShape
-    from ..latency.simulate import SCHEMES, Scenario, format_results
+    from ..latency.counts import LayerShape
+    from ..latency.sim_schemes import Scenario
+    from ..latency.simulate import SCHEMES, format_results
     from ..latency.simulate import simulate as run_simulation
 
     if layer and layer[0].isdigit():

@@ -124,7 +124,7 @@ def exit_code_for(exc: Exception, world, rank: int) -> int:
 
     Exit 1 whatever the class (a UserError too: the ranks have started), except for a
     stop by signal (Interrupted: 130 or 143)."""
-    from ..engine.core import RoundShortfall
+    from ..engine.rows import RoundShortfall
     from ..runtime.master import Interrupted, ShutdownTimeout
 
     if isinstance(exc, ShutdownTimeout):  # requests still open: only an abort ends every rank

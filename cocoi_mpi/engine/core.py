@@ -21,16 +21,7 @@ from ..geometry.blocks import BlockSpec, cut_block, probe_block, split_block
 from ..geometry.conv import ConvSpec, NotSplittable, layer_k, worker_conv
 from ..geometry.rounds import ConvRound, Prepared, new_buffer
 from ..geometry.units import compute, masks_for, rest_output
-from .proxies import install as install
-from .proxies import install_blocks as install_blocks
-from .proxies import type1_convs as type1_convs
 from .rows import FAILED_STATUSES, Execution, RoundShortfall, flop_counts, layer_id, no_arithmetic
-from .rows import SHORTFALL_POLICIES as SHORTFALL_POLICIES
-
-# The `x as x` imports are re-exports: runtime/job.py, cli/run.py and
-# experiment/config.py (restructured elsewhere, issue 17) import them from engine.core,
-# as runtime/master.py does Execution, RoundShortfall and layer_id; new code imports
-# them from engine.proxies and engine.rows.
 
 
 class Engine:

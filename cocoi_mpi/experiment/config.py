@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..codes import BLOCK, CODES, scheme_info, schemes_coding
-from ..engine.core import SHORTFALL_POLICIES
+from ..engine.rows import SHORTFALL_POLICIES
 from ..errors import UserError
 from .options import BY_NAME, SETTINGS, parse_ranks  # noqa: F401 (parse_ranks: re-exported)
 from .scenarios import Scenario

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..codes import CODES, RUN_SCHEMES
-from ..engine.core import SHORTFALL_POLICIES
+from ..engine.rows import SHORTFALL_POLICIES
 from .scenarios import PAPER_STRAGGLER_FACTOR, Crash, parse_crashes
 
 

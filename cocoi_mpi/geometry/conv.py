@@ -26,10 +26,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InternalError
-
-# Re-export: runtime/master.py (restructured elsewhere, issue 17) imports Prepared from
-# here; new code imports it from geometry.rounds.
-from .rounds import Prepared as Prepared
 from .split import AxisGeom, tightest_pieces
 
 if TYPE_CHECKING:

@@ -106,7 +106,7 @@ ROUND_COLUMNS = ("n_enc", "n_cmp", "n_dec")
 
 
 def trace_samples(trace: object) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """(durations, scales) per phase from a :class:`cocoi_mpi.traces.core.Trace`.
+    """(durations, scales) per phase from a :class:`cocoi_mpi.traces.reader.Trace`.
 
     "m": the master's encode_s with n_enc and decode_s with n_dec (FLOPs);
     "rec"/"sen": worker_recv_s/worker_send_s with bytes_in/bytes_out; "cmp":
@@ -206,7 +206,7 @@ def fit_samples(
 
 def fit_trace(path: str | os.PathLike[str], method: str = "mle") -> Profile:
     """Profile fitted from an HDF5 trace (appendix B); raises TraceFitError/TraceError."""
-    from ..traces.core import read_trace
+    from ..traces.reader import read_trace
 
     trace = read_trace(path)
     return fit_samples(trace_samples(trace), method, source=os.fspath(path))

@@ -33,11 +33,6 @@ from .counts import (
 )
 from .profile import Profile
 
-# Re-exports: runtime/job.py and cli/commands.py (restructured elsewhere, issue 17) still
-# import Profile, pi4_profile and LayerShape from latency.model; new code imports them
-# from latency.profile and latency.counts.
-from .profile import pi4_profile as pi4_profile
-
 _GOLDEN = (math.sqrt(5.0) - 1.0) / 2.0
 
 

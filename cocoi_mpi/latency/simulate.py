@@ -45,7 +45,7 @@ from .counts import LayerShape
 from .model import k_circ
 from .profile import Profile, ShiftExp
 from .sim_schemes import (
-    Scenario,  # also imported from here by cli/commands.py
+    Scenario,
     lt_symbols_per_worker,
     sim_cocoi,
     sim_lt,

@@ -24,17 +24,7 @@ from torch import nn
 from ..models.data import Dataset, batches
 from .accuracy import coded_accuracy
 from .checkpoint import CodecState
-from .checkpoint import load_codec as load_codec
-from .checkpoint import new_state as new_state
-from .checkpoint import save_codec as save_codec
-from .coded_block import CodecError as CodecError
 from .coded_block import CodedBlock, block_inputs, block_outputs, random_erasures, replaced_blocks
-from .coded_block import make_coded_block as make_coded_block
-
-# The `x as x` imports (and coded_accuracy) are re-exports: runtime/job.py and
-# cli/commands.py (restructured elsewhere, issue 17) import them from learned.training;
-# new code imports them from learned.coded_block, .accuracy and .checkpoint.
-
 
 # --------------------------------------------------------------------------- training
 

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..codes import CONV, scheme_info
-from ..engine.core import install, install_blocks, type1_convs
+from ..engine.proxies import install, install_blocks, type1_convs
 from ..experiment.config import RunConfig, scenario_of
 from ..experiment.progress import echo_line, progress
 from ..experiment.resume import open_trace, resume_at
@@ -34,7 +34,7 @@ from ..learned.scheme import LearnedScheme
 from ..models import MODELS, build_model, input_shape, load_weights
 from ..models.data import load_dataset
 from ..models.inputs import check_shape, load_input, seeded_inputs
-from ..traces.core import TraceWriter
+from ..traces.writer import TraceWriter
 from .devices import emulate_devices
 from .idle import GcWatch, Usage
 from .master import Interrupted, MasterEngine, ShutdownTimeout, WorkerError
@@ -139,8 +139,8 @@ def make_plans(cfg: RunConfig, model: torch.nn.Module, input_shape) -> dict[tupl
     needed = planned_methods(cfg)
     if not needed:
         return {}
-    from ..latency.model import Profile, pi4_profile
     from ..latency.planning import plan_model
+    from ..latency.profile import Profile, pi4_profile
 
     profile = Profile.load(cfg.profile) if cfg.profile else pi4_profile()
     failures = cfg.failures if cfg.scenario in (2, 3) else 0
@@ -292,7 +292,8 @@ def load_codecs(cfg: RunConfig, model: torch.nn.Module, shape: tuple) -> list:
 
     With --hybrid the model's last conv block stays on the master (Non-linear*)."""
     from ..geometry.blocks import find_blocks
-    from ..learned.training import CodecError, load_codec
+    from ..learned.checkpoint import load_codec
+    from ..learned.coded_block import CodecError
 
     blocks = [load_codec(path, model, cfg.model, shape)[0] for path in cfg.codec]
     names = [cb.name for cb in blocks]

@@ -29,10 +29,12 @@ import torch
 from mpi4py import MPI
 
 from ..codes import Scheme
-from ..engine.core import Engine, Execution, RoundShortfall, layer_id
+from ..engine.core import Engine
+from ..engine.rows import Execution, RoundShortfall, layer_id
 from ..experiment.scenarios import Crash, FaultModel, Scenario
 from ..geometry.blocks import BlockSpec
-from ..geometry.conv import ConvSpec, Prepared
+from ..geometry.conv import ConvSpec
+from ..geometry.rounds import Prepared
 from ..geometry.units import masks_for, reply_shape, rest_output
 from .ending import Ending, ShutdownTimeout
 from .liveness import MasterLink
