@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cocoi_mpi.codes.learned import (
+from cocoi_mpi.learned.scheme import (
     ARCHS,
     count_flops,
     count_params,

@@ -27,7 +27,7 @@ seconds, twice; the two workers wait for a control message first in a blocking
 tar -x -C /tmp/before`` made before a change): runs alternate before, after, before,
 after (``--reps`` pairs), each started with PYTHONPATH=DIR or this checkout. An old
 checkout's trace has no CPU meta, so in this mode every rank measures itself through
-a probe (this file, run by mpirun in front of cocoi_mpi.run): it wraps the worker's
+a probe (this file, run by mpirun in front of cocoi_mpi.cli.run): it wraps the worker's
 serve loop (CPU, wall), the worker's compute() (wall and CPU) and the master's
 request loop, identically for both checkouts, times every collection that runs
 inside those loops (gc.callbacks), and writes one JSON per rank.
@@ -49,7 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-# --- the probe: runs on every rank, in front of cocoi_mpi.run -----------------------
+# --- the probe: runs on every rank, in front of cocoi_mpi.cli.run -----------------------
 
 
 def probe(outdir: str, argv: list[str]) -> None:
@@ -175,14 +175,14 @@ def job_args_of(args) -> list[str]:
 
 
 def latencies(path: Path) -> list[float]:
-    from cocoi_mpi.traces import read_trace
+    from cocoi_mpi.traces.reader import read_trace
 
     return [float(v) for v in read_trace(path).requests["latency"]]
 
 
 def meta_rows(path: Path) -> tuple[list[dict], dict]:
     """Per-rank rows from the trace meta (master first), and the GC figures."""
-    from cocoi_mpi.traces import read_trace
+    from cocoi_mpi.traces.reader import read_trace
 
     attrs = read_trace(path).attrs
     rows = []
@@ -350,7 +350,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, help="[20; 2000 with --idle]")
     parser.add_argument("--n", type=int, default=10, help="workers [10]")
     parser.add_argument("--np", type=int, default=11, help="MPI ranks [11]")
-    parser.add_argument("--job-args", default="", help="more cocoi_mpi.run options, quoted")
+    parser.add_argument("--job-args", default="", help="more cocoi_mpi.cli.run options, quoted")
     parser.add_argument("--idle", action="store_true", help="lenet5 --k auto: no task at all")
     parser.add_argument("--wait", type=float, help="seconds: the cost of one idle wait")
     parser.add_argument("--before", help="another checkout to compare with, interleaved")

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cocoi_mpi.traces import read_trace
+from cocoi_mpi.traces.reader import read_trace
 
 HEARTBEAT = [
     "--mca", "mpi_ft_detector", "true",

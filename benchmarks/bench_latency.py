@@ -17,18 +17,16 @@ import time
 
 import numpy as np
 
-from cocoi_mpi.latency import (
-    LayerShape,
-    Profile,
-    ShiftExp,
+from cocoi_mpi.latency.counts import LayerShape
+from cocoi_mpi.latency.model import (
     approx_latency,
     k_circ,
     mc_latency,
-    pi4_profile,
     straggler_gain,
     straggling_ratio,
 )
-from cocoi_mpi.simulate import format_results, simulate
+from cocoi_mpi.latency.profile import Profile, ShiftExp, pi4_profile
+from cocoi_mpi.latency.simulate import format_results, simulate
 
 VGG_CONV3 = LayerShape.conv(64, 112, 112, 128, 3, padding=1, name="vgg16 features.5")
 VGG_CONV2 = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="vgg16 features.2")
@@ -168,7 +166,7 @@ def table1(samples: int = 30_000) -> None:
     Scenario 1's extra transmission delay Exp(lambda * mean) is folded into mu_rec and
     mu_sen (mean excess grows by lambda * mean), which keeps the model shift-exponential.
     """
-    from cocoi_mpi.planning import build_for_shapes, model_layer_shapes
+    from cocoi_mpi.latency.planning import build_for_shapes, model_layer_shapes
 
     base = pi4_profile()
     print(f"n=10, built-in Pi profile, {samples} samples per layer\n")

@@ -36,16 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from cocoi_mpi.codes.linear import LinearCode
-from cocoi_mpi.convtask import (
-    Assembly,
-    ConvRound,
-    ConvSpec,
-    conv_output_shape,
-    conv_spec,
-    layer_k,
-    worker_conv,
-)
-from cocoi_mpi.engine import type1_convs
+from cocoi_mpi.engine.proxies import type1_convs
+from cocoi_mpi.geometry.assembly import Assembly, conv_output_shape
+from cocoi_mpi.geometry.conv import ConvSpec, conv_spec, layer_k, worker_conv
+from cocoi_mpi.geometry.rounds import ConvRound
 from cocoi_mpi.models import build_model, input_shape
 
 N = 10

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cocoi_mpi.traces import read_trace
+from cocoi_mpi.traces.reader import read_trace
 
 PHASES = ("split_s", "encode_s", "send_s", "decode_s", "merge_s", "remainder_s")
 CODING = ("split_s", "encode_s", "decode_s", "merge_s")

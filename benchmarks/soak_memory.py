@@ -16,7 +16,7 @@ import argparse
 
 import numpy as np
 
-from cocoi_mpi.traces import read_trace
+from cocoi_mpi.traces.reader import read_trace
 
 
 def window_median(values: np.ndarray, at: np.ndarray, lo: int, hi: int) -> float:

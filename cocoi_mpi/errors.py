@@ -1,7 +1,7 @@
 """Every exception cocoi_mpi raises on purpose, and the exit code it ends a command with.
 
 Each class the package defines derives from one of the categories below (the class
-stays in its own module, e.g. ``from cocoi_mpi.config import ConfigError``, and keeps
+stays in its own module, e.g. ``from cocoi_mpi.experiment.config import ConfigError``, and keeps
 its builtin base, e.g. ValueError, for callers that catch that)::
 
     CocoiError                          catch this to catch them all
@@ -17,11 +17,11 @@ its builtin base, e.g. ValueError, for callers that catch that)::
     └── InternalError        no exit code: never meant to reach the user
         NotSplittable, SetupAborted, DecodeError, learning._Stop
 
-The ``cocoi`` commands (cocoi_mpi.cli) print one ``cocoi: error: <message>`` line for
-any of them with a code and exit with it. The MPI job (``python -m cocoi_mpi.run``)
+The ``cocoi`` commands (cocoi_mpi.cli.common.CocoiGroup) print one ``cocoi: error: <message>``
+line for any of them with a code and exit with it. The MPI job (``python -m cocoi_mpi.run``)
 does the same for a UserError met before the ranks exchange anything; an error during
 the run ends the job with exit 1 whatever its class (130/143 when stopped by a
-signal), as every rank has to be stopped first (cocoi_mpi.run.exit_code_for).
+signal), as every rank has to be stopped first (cocoi_mpi.cli.run.exit_code_for).
 """
 
 from __future__ import annotations

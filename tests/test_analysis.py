@@ -6,7 +6,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cocoi_mpi.cli import main
+from cocoi_mpi.cli.commands import main
 from cocoi_mpi.codes.analysis import decode_errors, error_table, format_table
 
 N = 10

@@ -48,13 +48,14 @@ import torch
 from click.testing import CliRunner
 from test_e2e import MPIRUN, error_lines, mpirun
 
-from cocoi_mpi import run as run_module
-from cocoi_mpi.cli import main as cocoi_main
-from cocoi_mpi.config import ConfigError, build_config
-from cocoi_mpi.inputs import InputError, check_shape, load_input
-from cocoi_mpi.learning import CodecError, load_codec, make_coded_block, new_state, save_codec
+from cocoi_mpi.cli import run as run_module
+from cocoi_mpi.cli.commands import main as cocoi_main
+from cocoi_mpi.experiment.config import ConfigError, build_config
+from cocoi_mpi.learned.checkpoint import load_codec, new_state, save_codec
+from cocoi_mpi.learned.coded_block import CodecError, make_coded_block
 from cocoi_mpi.models import WeightsError, build_model, load_weights
-from cocoi_mpi.traces import TraceWriter
+from cocoi_mpi.models.inputs import InputError, check_shape, load_input
+from cocoi_mpi.traces.writer import TraceWriter
 
 needs_mpirun = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found next to python")
 SHAPE = (1, 32, 32)

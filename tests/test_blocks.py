@@ -15,7 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from cocoi_mpi.blocks import (
+from cocoi_mpi.engine.core import LocalEngine
+from cocoi_mpi.engine.proxies import CodedBlock, install_blocks
+from cocoi_mpi.geometry.blocks import (
     BlockError,
     BlockLoc,
     block_reference,
@@ -30,9 +32,9 @@ from cocoi_mpi.blocks import (
     run_rest,
     split_block,
 )
-from cocoi_mpi.codes.learned import LearnedScheme
-from cocoi_mpi.engine import CodedBlock, LocalEngine, install_blocks
-from cocoi_mpi.learning import coded_predictions, make_coded_block
+from cocoi_mpi.learned.accuracy import coded_predictions
+from cocoi_mpi.learned.coded_block import make_coded_block
+from cocoi_mpi.learned.scheme import LearnedScheme
 from cocoi_mpi.models import build_model
 from cocoi_mpi.models.vgg16 import vgg16
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cocoi_mpi.config import (
+from cocoi_mpi.experiment.config import (
     ConfigError,
     RunConfig,
     build_config,
@@ -15,7 +15,7 @@ from cocoi_mpi.config import (
     load_toml,
     parse_ranks,
 )
-from cocoi_mpi.scenarios import Crash
+from cocoi_mpi.experiment.scenarios import Crash
 
 
 def write(tmp_path: Path, text: str, name: str = "run.toml") -> str:

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cocoi_mpi.data import (
+from cocoi_mpi.models.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     DIGITS_MEAN,

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from cocoi_mpi.inputs import seeded_inputs
 from cocoi_mpi.models import build_model, input_shape
-from cocoi_mpi.traces import read_trace
+from cocoi_mpi.models.inputs import seeded_inputs
+from cocoi_mpi.traces.reader import read_trace
 
 HERE = Path(__file__).resolve().parent
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
@@ -495,15 +495,11 @@ def test_sweep_compares_planned_and_fixed_k(tmp_path):
 @pytest.fixture(scope="module")
 def learned_files(tmp_path_factory):
     """A LeNet-5 trained briefly on digits and codecs for both of its blocks."""
-    from cocoi_mpi.data import load_dataset
-    from cocoi_mpi.learning import (
-        CodecTraining,
-        make_coded_block,
-        new_state,
-        save_codec,
-        train_codec,
-    )
-    from cocoi_mpi.training import save_base, train_base
+    from cocoi_mpi.learned.checkpoint import new_state, save_codec
+    from cocoi_mpi.learned.coded_block import make_coded_block
+    from cocoi_mpi.learned.training import CodecTraining, train_codec
+    from cocoi_mpi.models.data import load_dataset
+    from cocoi_mpi.models.training import save_base, train_base
 
     root = tmp_path_factory.mktemp("learned")
     train = load_dataset("digits", "train").subset(400)
@@ -521,9 +517,10 @@ def learned_files(tmp_path_factory):
 
 
 def offline_logits(files, codecs, lost, count) -> torch.Tensor:
-    from cocoi_mpi.data import load_dataset
-    from cocoi_mpi.learning import coded_predictions, load_codec
+    from cocoi_mpi.learned.accuracy import coded_predictions
+    from cocoi_mpi.learned.checkpoint import load_codec
     from cocoi_mpi.models import load_weights
+    from cocoi_mpi.models.data import load_dataset
 
     model = load_weights(build_model("lenet5"), files["weights"]).eval()
     entries = [load_codec(files[c], model, "lenet5", (1, 32, 32))[0] for c in codecs]

@@ -15,9 +15,11 @@ import pytest
 import torch
 from torch import nn
 
-from cocoi_mpi.engine import CodedConv, LocalEngine, RoundShortfall, install, type1_convs
+from cocoi_mpi.engine.core import LocalEngine
+from cocoi_mpi.engine.proxies import CodedConv, install, type1_convs
+from cocoi_mpi.engine.rows import RoundShortfall
+from cocoi_mpi.geometry.split import split_layer, tightest_pieces
 from cocoi_mpi.models import build_model, input_shape
-from cocoi_mpi.split import split_layer, tightest_pieces
 
 N = 6
 REL_TOL = 1e-5
@@ -560,7 +562,9 @@ def test_fill_piece_and_round_match_torch_slicing_bit_for_bit(
     from dataclasses import replace
 
     from cocoi_mpi.codes.linear import LinearCode
-    from cocoi_mpi.convtask import ConvRound, conv_spec, fill_piece, layer_k
+    from cocoi_mpi.geometry.columns import fill_piece
+    from cocoi_mpi.geometry.conv import conv_spec, layer_k
+    from cocoi_mpi.geometry.rounds import ConvRound
 
     conv = nn.Conv2d(5, 3, (3, kernel), stride=(1, stride), dilation=(1, dilation))
     spec = replace(conv_spec(0, "c", conv), pad_w=pad)
@@ -588,8 +592,8 @@ def test_assembly_places_pieces_bit_for_bit(dtype, width, k):
     """Pieces land in their columns, the last one cropped, from contiguous outputs (numpy
     path) and from strided ones (torch path) alike."""
     from cocoi_mpi.codes.linear import LinearCode
-    from cocoi_mpi.convtask import Assembly
-    from cocoi_mpi.split import AxisGeom
+    from cocoi_mpi.geometry.assembly import Assembly
+    from cocoi_mpi.geometry.split import AxisGeom
 
     code = LinearCode(k + 2, k)
     split = split_layer(AxisGeom(1), width, k)

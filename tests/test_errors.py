@@ -18,7 +18,8 @@ from click.testing import CliRunner
 
 import cocoi_mpi
 from cocoi_mpi import errors
-from cocoi_mpi.cli import CocoiGroup, main, reported_as
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.cli.common import CocoiGroup, reported_as
 from cocoi_mpi.errors import (
     CocoiError,
     InternalError,
@@ -32,27 +33,27 @@ CATEGORIES = (UserError, ResultError, RunError, Stopped, InternalError)
 
 # As errors.py's docstring lists them: (module, class) -> category.
 DOCUMENTED = {
-    ("cocoi_mpi.config", "ConfigError"): UserError,
-    ("cocoi_mpi.resume", "ResumeError"): UserError,
+    ("cocoi_mpi.experiment.config", "ConfigError"): UserError,
+    ("cocoi_mpi.experiment.resume", "ResumeError"): UserError,
     ("cocoi_mpi.models", "UnknownModelError"): UserError,
     ("cocoi_mpi.models", "WeightsError"): UserError,
-    ("cocoi_mpi.inputs", "InputError"): UserError,
-    ("cocoi_mpi.data", "DataError"): UserError,
-    ("cocoi_mpi.learning", "CodecError"): UserError,
-    ("cocoi_mpi.blocks", "BlockError"): UserError,
-    ("cocoi_mpi.traces", "TraceError"): ResultError,
-    ("cocoi_mpi.merge", "MergeError"): ResultError,
-    ("cocoi_mpi.timeline", "TimelineError"): ResultError,
-    ("cocoi_mpi.fit", "TraceFitError"): ResultError,
-    ("cocoi_mpi.runtime.master", "WorkerError"): RunError,
-    ("cocoi_mpi.runtime.master", "ShutdownTimeout"): RunError,
-    ("cocoi_mpi.engine", "RoundShortfall"): RunError,
-    ("cocoi_mpi.testbed", "TestbedError"): RunError,
-    ("cocoi_mpi.runtime.master", "Interrupted"): Stopped,
-    ("cocoi_mpi.convtask", "NotSplittable"): InternalError,
+    ("cocoi_mpi.models.inputs", "InputError"): UserError,
+    ("cocoi_mpi.models.data", "DataError"): UserError,
+    ("cocoi_mpi.learned.coded_block", "CodecError"): UserError,
+    ("cocoi_mpi.geometry.blocks", "BlockError"): UserError,
+    ("cocoi_mpi.traces.reader", "TraceError"): ResultError,
+    ("cocoi_mpi.traces.merge", "MergeError"): ResultError,
+    ("cocoi_mpi.analysis.timeline", "TimelineError"): ResultError,
+    ("cocoi_mpi.latency.fit", "TraceFitError"): ResultError,
+    ("cocoi_mpi.runtime.transport", "WorkerError"): RunError,
+    ("cocoi_mpi.runtime.ending", "ShutdownTimeout"): RunError,
+    ("cocoi_mpi.engine.rows", "RoundShortfall"): RunError,
+    ("cocoi_mpi.testbed.cgroups", "TestbedError"): RunError,
+    ("cocoi_mpi.runtime.transport", "Interrupted"): Stopped,
+    ("cocoi_mpi.geometry.conv", "NotSplittable"): InternalError,
     ("cocoi_mpi.runtime.worker", "SetupAborted"): InternalError,
     ("cocoi_mpi.codes.base", "DecodeError"): InternalError,
-    ("cocoi_mpi.learning", "_Stop"): InternalError,
+    ("cocoi_mpi.learned.coded_block", "_Stop"): InternalError,
 }
 
 # Builtin bases that callers catch (except ValueError / RuntimeError): kept.
@@ -83,7 +84,7 @@ def package_exceptions() -> dict[tuple[str, str], type[BaseException]]:
     """Every exception class defined in a module of cocoi_mpi (not re-exports)."""
     found = {}
     for info in pkgutil.walk_packages(cocoi_mpi.__path__, "cocoi_mpi."):
-        if info.name == "cocoi_mpi.__main__":  # runs the CLI on import
+        if info.name.endswith(".__main__"):  # runs the CLI on import
             continue
         module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
@@ -148,13 +149,13 @@ def test_every_documented_class_has_its_category_code(found):
 
 @pytest.mark.parametrize("signal, code", [("SIGTERM", 143), ("SIGINT", 130)])
 def test_a_stop_by_signal_exits_128_plus_its_number(found, signal, code):
-    interrupted = found[("cocoi_mpi.runtime.master", "Interrupted")]
+    interrupted = found[("cocoi_mpi.runtime.transport", "Interrupted")]
     assert interrupted(f"stopped by {signal}").exit_code == code
 
 
 def test_imports_from_the_old_places_still_work():
-    from cocoi_mpi.config import ConfigError
-    from cocoi_mpi.report import TraceError
+    from cocoi_mpi.analysis.report import TraceError
+    from cocoi_mpi.experiment.config import ConfigError
 
     assert issubclass(ConfigError, UserError) and issubclass(TraceError, ResultError)
 
@@ -202,8 +203,8 @@ def test_handler_prints_one_line_and_exits_with_the_code(exc, code):
 
 
 def test_handler_uses_the_project_classes_codes():
-    from cocoi_mpi.config import ConfigError
-    from cocoi_mpi.traces import TraceError
+    from cocoi_mpi.experiment.config import ConfigError
+    from cocoi_mpi.traces.reader import TraceError
 
     for exc, code in ((ConfigError("k must be >= 1"), 2), (TraceError("x.h5: no such file"), 1)):
         result = CliRunner().invoke(group_with(exc), ["sub", "go"])
@@ -269,7 +270,7 @@ def job_error(found, module: str, name: str, *args):
     "module, name, message, rank, code, line",
     [
         (
-            "cocoi_mpi.runtime.master",
+            "cocoi_mpi.runtime.transport",
             "Interrupted",
             "stopped by SIGTERM",
             0,
@@ -277,7 +278,7 @@ def job_error(found, module: str, name: str, *args):
             "cocoi: error: stopped by SIGTERM; the trace is closed as incomplete",
         ),
         (
-            "cocoi_mpi.runtime.master",
+            "cocoi_mpi.runtime.transport",
             "Interrupted",
             "stopped by SIGINT",
             0,
@@ -285,7 +286,7 @@ def job_error(found, module: str, name: str, *args):
             "cocoi: error: stopped by SIGINT; the trace is closed as incomplete",
         ),
         (
-            "cocoi_mpi.engine",
+            "cocoi_mpi.engine.rows",
             "RoundShortfall",
             "round 3 cannot decode",
             0,
@@ -293,7 +294,7 @@ def job_error(found, module: str, name: str, *args):
             "cocoi: error: round 3 cannot decode (--on-shortfall error)",
         ),
         (
-            "cocoi_mpi.runtime.master",
+            "cocoi_mpi.runtime.transport",
             "WorkerError",
             "worker rank 2: fault drill",
             0,
@@ -302,13 +303,13 @@ def job_error(found, module: str, name: str, *args):
         ),
         # A UserError met during the run: its message alone, but exit 1 (ranks started).
         ("cocoi_mpi.models", "WeightsError", "w.pt: not a PyTorch file", 0, 1, None),
-        ("cocoi_mpi.inputs", "InputError", "x.npy: 1 NaN", 2, 1, None),
+        ("cocoi_mpi.models.inputs", "InputError", "x.npy: 1 NaN", 2, 1, None),
     ],
 )
 def test_run_exit_codes_during_the_job(found, capsys, module, name, message, rank, code, line):
-    """cocoi_mpi.run keeps its own rules after start-up (one line from rank 0, exit 1
+    """cocoi_mpi.cli.run keeps its own rules after start-up (one line from rank 0, exit 1
     but for a stop by signal); the classes now carry the same codes."""
-    from cocoi_mpi.run import exit_code_for
+    from cocoi_mpi.cli.run import exit_code_for
 
     assert exit_code_for(job_error(found, module, name, message), FakeWorld(), rank) == code
     err = capsys.readouterr().err
@@ -321,16 +322,16 @@ def test_run_exit_codes_during_the_job(found, capsys, module, name, message, ran
 
 
 def test_run_other_exceptions_name_their_type(capsys):
-    from cocoi_mpi.run import exit_code_for
+    from cocoi_mpi.cli.run import exit_code_for
 
     assert exit_code_for(KeyError("x"), FakeWorld(), 0) == 1
     assert capsys.readouterr().err == "cocoi: error: KeyError: 'x'\n"
 
 
 def test_run_shutdown_timeout_aborts_with_1(found, capsys):
-    from cocoi_mpi.run import exit_code_for
+    from cocoi_mpi.cli.run import exit_code_for
 
-    stuck = job_error(found, "cocoi_mpi.runtime.master", "ShutdownTimeout", "2 replies open")
+    stuck = job_error(found, "cocoi_mpi.runtime.ending", "ShutdownTimeout", "2 replies open")
     with pytest.raises(SystemExit, match=r"Abort\(1\)"):
         exit_code_for(stuck, FakeWorld(), 0)
     err = capsys.readouterr().err

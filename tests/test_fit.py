@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cocoi_mpi.cli import main
-from cocoi_mpi.fit import (
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.latency.fit import (
     TraceFitError,
     fit_normalised,
     fit_shift_exp,
@@ -19,8 +19,10 @@ from cocoi_mpi.fit import (
     plot_cdfs,
     trace_samples,
 )
-from cocoi_mpi.latency import Profile, ShiftExp, se_sample
-from cocoi_mpi.traces import ROUND_DTYPE, SUBTASK_DTYPE, TraceWriter, read_trace
+from cocoi_mpi.latency.profile import Profile, ShiftExp, se_sample
+from cocoi_mpi.traces.reader import read_trace
+from cocoi_mpi.traces.schema import ROUND_DTYPE, SUBTASK_DTYPE
+from cocoi_mpi.traces.writer import TraceWriter
 
 TRUE = {
     "m": ShiftExp(mu=2e9, theta=1.5e-9),
@@ -179,8 +181,8 @@ def test_plot_cdfs_direct(tmp_path):
 
 def test_coding_samples_pair_each_conv_rounds_coding_time_with_its_bytes():
     """One conv round (n = 10, k = 8, m = 1), one fallback round (left out)."""
-    from cocoi_mpi.fit import coding_samples
-    from cocoi_mpi.latency import coding_bytes
+    from cocoi_mpi.latency.counts import coding_bytes
+    from cocoi_mpi.latency.fit import coding_samples
 
     rounds = {
         "round": np.array([1, 2]),

@@ -14,7 +14,7 @@ import pytest
 from test_e2e import MPIRUN, mpirun
 
 from cocoi_mpi.runtime.idle import CAP_S, GROWTH, START_S, Backoff, GcWatch, Usage, poll
-from cocoi_mpi.traces import read_trace
+from cocoi_mpi.traces.reader import read_trace
 
 
 def recorded(**kwargs) -> tuple[Backoff, list[float]]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from cocoi_mpi.inputs import InputError, as_batch, check_shape, load_input, seeded_inputs
+from cocoi_mpi.models.inputs import InputError, as_batch, check_shape, load_input, seeded_inputs
 
 SHAPES = {"chw": (3, 5, 7), "1chw": (1, 3, 5, 7), "nchw": (4, 3, 5, 7)}
 

@@ -8,33 +8,30 @@ import numpy as np
 import pytest
 from torch import nn
 
-from cocoi_mpi.convtask import conv_spec
-from cocoi_mpi.latency import (
+from cocoi_mpi.geometry.conv import conv_spec
+from cocoi_mpi.geometry.split import split_layer
+from cocoi_mpi.latency.counts import (
     LayerShape,
-    Profile,
-    ShiftExp,
-    approx_latency,
     block_counts,
     coding_bytes,
-    coding_mean,
     counts_for_spec,
+    layer_counts,
+)
+from cocoi_mpi.latency.model import (
+    approx_latency,
+    coding_mean,
     golden_min,
     harmonic_gap,
     k_circ,
     k_star,
-    layer_counts,
     local_latency,
     mc_latency,
     order_term,
-    pi4_profile,
-    se_cdf,
-    se_mean,
-    se_sample,
     straggler_gain,
     uncoded_latency,
     uncoded_mc,
 )
-from cocoi_mpi.split import split_layer
+from cocoi_mpi.latency.profile import Profile, ShiftExp, pi4_profile, se_cdf, se_mean, se_sample
 
 # VGG16 features.2: 64 -> 64 channels, 3x3, padding 1, on 224 x 224.
 VGG = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="features.2")

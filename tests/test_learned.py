@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from cocoi_mpi.codes import DecodeError
-from cocoi_mpi.codes.learned import (
+from cocoi_mpi.learned.scheme import (
     ARCHS,
     Codec,
     LearnedScheme,

@@ -15,26 +15,20 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cocoi_mpi.cli import main
-from cocoi_mpi.data import load_dataset
-from cocoi_mpi.learning import (
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.learned.accuracy import coded_accuracy, coded_predictions
+from cocoi_mpi.learned.checkpoint import load_codec, new_state, read_codec, save_codec
+from cocoi_mpi.learned.coded_block import (
     CodecError,
-    CodecTraining,
-    codec_loss,
-    coded_accuracy,
     coded_block_output,
-    coded_predictions,
-    load_codec,
     make_coded_block,
-    new_state,
     random_erasures,
-    read_codec,
-    save_codec,
-    train_codec,
 )
+from cocoi_mpi.learned.training import CodecTraining, codec_loss, train_codec
 from cocoi_mpi.models import build_model, load_weights
+from cocoi_mpi.models.data import load_dataset
 from cocoi_mpi.models.lenet5 import LeNet5
-from cocoi_mpi.training import accuracy, train_base
+from cocoi_mpi.models.training import accuracy, train_base
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

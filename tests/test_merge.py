@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cocoi_mpi.cli import main
-from cocoi_mpi.merge import MergeError, merge_traces
-from cocoi_mpi.traces import TraceWriter, read_trace
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.traces.merge import MergeError, merge_traces
+from cocoi_mpi.traces.reader import read_trace
+from cocoi_mpi.traces.writer import TraceWriter
 
 CONFIG = {"model": "lenet5", "seed": 0, "sweep": {"schemes": ["cocoi", "uncoded"]}}
 

@@ -18,8 +18,10 @@ from torch import nn
 mpi4py = pytest.importorskip("mpi4py")
 from mpi4py import MPI  # noqa: E402
 
-from cocoi_mpi.engine import RoundShortfall, install  # noqa: E402
-from cocoi_mpi.runtime.master import MasterEngine, WorkerError, elements_received  # noqa: E402
+from cocoi_mpi.engine.proxies import install  # noqa: E402
+from cocoi_mpi.engine.rows import RoundShortfall  # noqa: E402
+from cocoi_mpi.runtime.master import MasterEngine, WorkerError  # noqa: E402
+from cocoi_mpi.runtime.transport import elements_received  # noqa: E402
 from cocoi_mpi.runtime.worker import run_worker  # noqa: E402
 
 pytestmark = pytest.mark.mpi(min_size=3)
@@ -191,7 +193,7 @@ def test_round_deadline_counts_stuck_workers_as_failed(comm):
     uncoded re-sends its piece to another worker; when every worker hangs nobody is
     left to ask and the master computes the round itself. Both stay exact; the hung
     subtasks are recorded as 'timeout'."""
-    from cocoi_mpi.scenarios import Crash
+    from cocoi_mpi.experiment.scenarios import Crash
 
     n = comm.Get_size() - 1
     x = torch.randn(1, 3, 21, 43, generator=torch.Generator().manual_seed(4))
@@ -227,7 +229,7 @@ def test_round_deadline_counts_stuck_workers_as_failed(comm):
 @pytest.mark.parametrize("scheme", ["cocoi", "uncoded", "replication", "lt-kl", "lt-ks"])
 def test_every_scheme_is_exact_under_failures_and_straggling(comm, scheme):
     """Scenario 3 (one failure per round + a straggler), then scenario 1: exact logits."""
-    from cocoi_mpi.scenarios import Scenario
+    from cocoi_mpi.experiment.scenarios import Scenario
 
     n = comm.Get_size() - 1
 

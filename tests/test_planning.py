@@ -10,15 +10,17 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from cocoi_mpi.cli import main
-from cocoi_mpi.latency import LayerShape, ShiftExp, approx_latency, k_circ, pi4_profile
-from cocoi_mpi.planning import (
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.latency.counts import LayerShape
+from cocoi_mpi.latency.model import approx_latency, k_circ
+from cocoi_mpi.latency.planning import (
     build_for_shapes,
     format_plan,
     model_layer_shapes,
     plan_layer,
     plan_model,
 )
+from cocoi_mpi.latency.profile import ShiftExp, pi4_profile
 
 VGG = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="features.2")
 

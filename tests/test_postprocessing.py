@@ -4,7 +4,7 @@ The code blocks are read from the doc itself and run on a small synthetic trace 
 doc's result files are not in git): the h5py and pandas blocks in one namespace, as a
 user would paste them into one session, and the ``cocoi report --csv`` line in a shell.
 Their results are checked against the trace's known contents and against the numbers
-``cocoi report`` computes (cocoi_mpi.experiments).
+``cocoi report`` computes (cocoi_mpi.analysis.experiments).
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cocoi_mpi.experiments import layer_split, scheme_stats
-from cocoi_mpi.traces import TraceWriter, read_trace
+from cocoi_mpi.analysis.experiments import layer_split, scheme_stats
+from cocoi_mpi.traces.reader import read_trace
+from cocoi_mpi.traces.writer import TraceWriter
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "hdf5.md"
 SECTION = "## Reading the tables"

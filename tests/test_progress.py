@@ -7,9 +7,9 @@ import io
 import pytest
 from click.testing import CliRunner
 
-from cocoi_mpi import progress as progress_module
-from cocoi_mpi.cli import main
-from cocoi_mpi.progress import echo_line, on_terminal, progress
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.experiment import progress as progress_module
+from cocoi_mpi.experiment.progress import echo_line, on_terminal, progress
 
 
 class FakeTTY(io.StringIO):

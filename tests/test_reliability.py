@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from test_e2e import MPIRUN, assert_matches_local, error_lines, mpi_env
 
-from cocoi_mpi.traces import read_trace
+from cocoi_mpi.traces.reader import read_trace
 
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found next to python")
 
@@ -369,5 +369,5 @@ def test_rank_lost_before_mpi_init_ends_the_start(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode != 0
     assert "Timeout (0:00:10)!" in proc.stderr, proc.stderr[-2000:]
-    assert "cocoi_mpi/run.py" in proc.stderr
+    assert "cocoi_mpi/cli/run.py" in proc.stderr
     assert not (tmp_path / "run.h5").exists()

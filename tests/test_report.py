@@ -9,15 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cocoi_mpi.report import report_main, summarize, write_csv
-from cocoi_mpi.traces import (
-    REQUEST_DTYPE,
-    ROUND_DTYPE,
-    SUBTASK_DTYPE,
-    TraceError,
-    TraceWriter,
-    read_trace,
-)
+from cocoi_mpi.analysis.report import report_main, summarize, write_csv
+from cocoi_mpi.traces.reader import TraceError, read_trace
+from cocoi_mpi.traces.schema import REQUEST_DTYPE, ROUND_DTYPE, SUBTASK_DTYPE
+from cocoi_mpi.traces.writer import TraceWriter
 
 CONFIG = {"model": "vgg16", "scheme": "cocoi", "code": "rotation", "n": 3, "k": 2}
 META = {

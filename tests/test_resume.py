@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cocoi_mpi.config import ConfigError, RunConfig, build_config, scenario_of
-from cocoi_mpi.resume import (
+from cocoi_mpi.experiment.config import ConfigError, RunConfig, build_config, scenario_of
+from cocoi_mpi.experiment.resume import (
     ResumeError,
     check_resume,
     config_fingerprint,
@@ -20,8 +20,9 @@ from cocoi_mpi.resume import (
     resume_point,
     stored_config,
 )
-from cocoi_mpi.sweep import cells, parse_sweep
-from cocoi_mpi.traces import TraceWriter, read_trace
+from cocoi_mpi.experiment.sweep import cells, parse_sweep
+from cocoi_mpi.traces.reader import read_trace
+from cocoi_mpi.traces.writer import TraceWriter
 
 SWEEP = {
     "schemes": ["cocoi", "uncoded", "replication"],

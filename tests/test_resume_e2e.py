@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from test_e2e import MPIRUN, error_lines, mpi_env, mpirun
 
-from cocoi_mpi.traces import read_trace
+from cocoi_mpi.traces.reader import read_trace
 
 pytestmark = pytest.mark.skipif(MPIRUN is None, reason="mpirun not found next to python")
 

@@ -12,7 +12,7 @@ import random
 import numpy as np
 import pytest
 
-from cocoi_mpi.scenarios import (
+from cocoi_mpi.experiment.scenarios import (
     NOMINAL_MBPS,
     PAPER_STRAGGLER_FACTOR,
     Fault,

@@ -31,12 +31,13 @@ from cocoi_mpi.codes import (
     scheme_k,
     schemes_coding,
 )
-from cocoi_mpi.codes.learned import LearnedScheme
 from cocoi_mpi.codes.linear import GENERATORS
 from cocoi_mpi.codes.registry import K_SOURCES, UNITS
-from cocoi_mpi.config import ConfigError, build_config
-from cocoi_mpi.engine import LocalEngine, install, install_blocks
-from cocoi_mpi.learning import make_coded_block
+from cocoi_mpi.engine.core import LocalEngine
+from cocoi_mpi.engine.proxies import install, install_blocks
+from cocoi_mpi.experiment.config import ConfigError, build_config
+from cocoi_mpi.learned.coded_block import make_coded_block
+from cocoi_mpi.learned.scheme import LearnedScheme
 from cocoi_mpi.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -126,7 +127,14 @@ def test_engine_refuses_an_unknown_scheme_by_name():
 
 @pytest.mark.parametrize(
     "module",
-    ["cocoi_mpi.engine", "cocoi_mpi.config", "cocoi_mpi.summary", "cocoi_mpi.runtime.job"],
+    [
+        "cocoi_mpi.engine.core",
+        "cocoi_mpi.engine.proxies",
+        "cocoi_mpi.engine.rows",
+        "cocoi_mpi.experiment.config",
+        "cocoi_mpi.experiment.summary",
+        "cocoi_mpi.runtime.job",
+    ],
 )
 def test_no_scheme_name_is_compared_outside_the_registry(module):
     """A scheme's name as a literal, other than a default value, is a branch on it."""
@@ -218,7 +226,7 @@ def test_mixed_learned_and_exact_sweep_serves_every_request_exactly(
 ):
     """The job's own set-up (install_for, run_cells, configure_cell) and request loop,
     with in-process workers: 2 repetitions x 3 schemes x 2 requests, none refused."""
-    from cocoi_mpi.config import RunConfig
+    from cocoi_mpi.experiment.config import RunConfig
     from cocoi_mpi.runtime.job import MasterJob, configure_cell, install_for, run_cells
 
     model, cb = lenet_with_first_block_coded

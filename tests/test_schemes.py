@@ -22,8 +22,9 @@ from cocoi_mpi.codes import SCHEMES, DecodeError, Scheme, make_scheme, replicati
 from cocoi_mpi.codes import uncoded as make_uncoded
 from cocoi_mpi.codes.base import Scheme as BaseScheme
 from cocoi_mpi.codes.lt import LTCode, robust_soliton
-from cocoi_mpi.engine import LocalEngine, install
-from cocoi_mpi.split import tightest_pieces
+from cocoi_mpi.engine.core import LocalEngine
+from cocoi_mpi.engine.proxies import install
+from cocoi_mpi.geometry.split import tightest_pieces
 
 pytestmark = [
     pytest.mark.usefixtures("one_torch_thread"),

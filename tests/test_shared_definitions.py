@@ -11,16 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from cocoi_mpi import scenarios, simulate, soliton
-from cocoi_mpi.blocks import block_spec, cut_block, probe_block, split_block
 from cocoi_mpi.codes import make_scheme
 from cocoi_mpi.codes.lt import LTCode
-from cocoi_mpi.convtask import ConvRound, Prepared, conv_spec
-from cocoi_mpi.latency import LayerShape, pi4_profile
-from cocoi_mpi.scenarios import CRASH_KINDS, FaultModel, parse_crash
+from cocoi_mpi.experiment import scenarios
+from cocoi_mpi.experiment.scenarios import CRASH_KINDS, FaultModel, parse_crash
+from cocoi_mpi.geometry.blocks import block_spec, cut_block, probe_block, split_block
+from cocoi_mpi.geometry.conv import conv_spec
+from cocoi_mpi.geometry.rounds import ConvRound, Prepared
+from cocoi_mpi.geometry.units import compute, masks_for, reply_shape, rest_output
+from cocoi_mpi.latency import lt_decoding, sim_schemes, simulate, soliton
+from cocoi_mpi.latency.counts import LayerShape
+from cocoi_mpi.latency.profile import pi4_profile
 from cocoi_mpi.statuses import CrashKind, FaultKind, ScenarioKind, Status
-from cocoi_mpi.subtasks import compute, masks_for, reply_shape, rest_output
-from cocoi_mpi.traces import SUBTASK_STATUSES
+from cocoi_mpi.traces.schema import SUBTASK_STATUSES
 
 VGG = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="features.2")
 
@@ -33,7 +36,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def test_one_robust_soliton_for_the_runtime_and_the_simulator():
     from cocoi_mpi.codes import lt
 
-    assert lt.robust_soliton is simulate.robust_soliton is soliton.robust_soliton
+    assert lt.robust_soliton is lt_decoding.robust_soliton is soliton.robust_soliton
     pmf = soliton.robust_soliton(224)
     assert not pmf.flags.writeable  # cached: nobody may change it under the LT code
 
@@ -43,10 +46,10 @@ def test_simulated_lt_degrees_are_the_runtime_lt_degrees():
     k = 40
     code = LTCode(10, k, seed=1)
     drawn = np.mean([code.vector(j).sum() for j in range(3000)])
-    assert simulate.mean_degree(k) == pytest.approx(drawn, rel=0.05)
+    assert lt_decoding.mean_degree(k) == pytest.approx(drawn, rel=0.05)
     c, delta = soliton.SOLITON_C, soliton.SOLITON_DELTA
     assert np.array_equal(
-        simulate.lt_symbols_needed(k, 8, 3), simulate.lt_symbols_needed(k, 8, 3, c, delta)
+        lt_decoding.lt_symbols_needed(k, 8, 3), lt_decoding.lt_symbols_needed(k, 8, 3, c, delta)
     )
 
 
@@ -70,7 +73,7 @@ def test_robust_soliton_formula(k):
 
 
 def test_simulator_scenario_shares_the_paper_constant_and_ranges():
-    assert simulate.Scenario().slow_factor == scenarios.PAPER_STRAGGLER_FACTOR
+    assert sim_schemes.Scenario().slow_factor == scenarios.PAPER_STRAGGLER_FACTOR
     for bad in (
         dict(failures=-1),
         dict(lambda_tr=-0.1),
@@ -79,31 +82,31 @@ def test_simulator_scenario_shares_the_paper_constant_and_ranges():
         dict(slow_workers=-1),
     ):
         with pytest.raises(ValueError, match=next(iter(bad))):
-            simulate.Scenario(**bad)
+            sim_schemes.Scenario(**bad)
 
 
 @pytest.mark.parametrize(
     ("run", "expect"),
     [
-        (scenarios.Scenario(), simulate.Scenario()),
-        (scenarios.Scenario(0, lambda_tr=1.0, failures=2), simulate.Scenario()),
-        (scenarios.Scenario(1, lambda_tr=0.5, failures=2), simulate.Scenario(lambda_tr=0.5)),
-        (scenarios.Scenario(2, lambda_tr=0.5, failures=2), simulate.Scenario(failures=2)),
+        (scenarios.Scenario(), sim_schemes.Scenario()),
+        (scenarios.Scenario(0, lambda_tr=1.0, failures=2), sim_schemes.Scenario()),
+        (scenarios.Scenario(1, lambda_tr=0.5, failures=2), sim_schemes.Scenario(lambda_tr=0.5)),
+        (scenarios.Scenario(2, lambda_tr=0.5, failures=2), sim_schemes.Scenario(failures=2)),
         (
             scenarios.Scenario(3, failures=1, straggler_factor=2.0, straggler_prob=0.8),
-            simulate.Scenario(failures=1, slow_workers=1, slow_factor=2.0, slow_prob=0.8),
+            sim_schemes.Scenario(failures=1, slow_workers=1, slow_factor=2.0, slow_prob=0.8),
         ),
     ],
 )
 def test_a_runs_scenario_in_the_simulators_terms(run, expect):
-    assert simulate.Scenario.of(run) == expect
+    assert sim_schemes.Scenario.of(run) == expect
 
 
 def test_simulate_takes_a_runs_scenario():
     run = scenarios.Scenario(ScenarioKind.FAILURES, failures=2)
     a = simulate.simulate(VGG, 10, pi4_profile(), ("cocoi", "uncoded"), scenario=run, samples=50)
     b = simulate.simulate(
-        VGG, 10, pi4_profile(), ("cocoi", "uncoded"), scenario=simulate.Scenario(failures=2),
+        VGG, 10, pi4_profile(), ("cocoi", "uncoded"), scenario=sim_schemes.Scenario(failures=2),
         samples=50,
     )  # fmt: skip
     assert all(np.array_equal(x.draws, y.draws) for x, y in zip(a, b, strict=True))
@@ -112,8 +115,8 @@ def test_simulate_takes_a_runs_scenario():
 def test_slow_prob_one_draws_what_an_always_slow_worker_did():
     """slow_prob = 1 adds no random draw, so old seeds give the old numbers."""
     sim = simulate.simulate
-    always = simulate.Scenario(slow_workers=2, slow_factor=3.0)
-    also = simulate.Scenario(slow_workers=2, slow_factor=3.0, slow_prob=1.0)
+    always = sim_schemes.Scenario(slow_workers=2, slow_factor=3.0)
+    also = sim_schemes.Scenario(slow_workers=2, slow_factor=3.0, slow_prob=1.0)
     for scheme in ("cocoi", "uncoded", "lt"):
         a = sim(VGG, 10, pi4_profile(), (scheme,), scenario=always, samples=40, lt_k=8)[0]
         b = sim(VGG, 10, pi4_profile(), (scheme,), scenario=also, samples=40, lt_k=8)[0]
@@ -126,7 +129,7 @@ def test_slow_prob_slows_that_share_of_draws(scheme):
     4000 draws keep its noise near 2%)."""
 
     def mean(prob: float, workers: int = 1) -> float:
-        sc = simulate.Scenario(slow_workers=workers, slow_factor=6.0, slow_prob=prob)
+        sc = sim_schemes.Scenario(slow_workers=workers, slow_factor=6.0, slow_prob=prob)
         res = simulate.simulate(VGG, 10, pi4_profile(), (scheme,), scenario=sc, samples=4000)
         return res[0].mean
 

@@ -6,16 +6,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cocoi_mpi.cli import main
-from cocoi_mpi.latency import LayerShape, Profile, ShiftExp, pi4_profile
-from cocoi_mpi.simulate import (
-    Scenario,
-    _need_with_resend,
-    format_results,
-    lt_symbols_needed,
-    robust_soliton,
-    simulate,
-)
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.latency.counts import LayerShape
+from cocoi_mpi.latency.lt_decoding import lt_symbols_needed
+from cocoi_mpi.latency.profile import Profile, ShiftExp, pi4_profile
+from cocoi_mpi.latency.sim_schemes import Scenario, _need_with_resend
+from cocoi_mpi.latency.simulate import format_results, simulate
+from cocoi_mpi.latency.soliton import robust_soliton
 
 VGG = LayerShape.conv(64, 224, 224, 64, 3, padding=1, name="features.2")
 
@@ -100,13 +97,13 @@ def test_lt_needs_at_least_k_symbols_and_little_overhead():
 
 def test_lt_rank_via_matching_agrees_with_matrix_rank():
     """The matching count equals the first prefix whose real random matrix has rank k."""
-    from cocoi_mpi import simulate as sim
+    from cocoi_mpi.latency import lt_decoding
 
     k, rng = 12, np.random.default_rng(4)
     pmf = robust_soliton(k)
     for seed in range(10):
         supports: list[list[int]] = []
-        needed = sim._needed_one(k, np.random.default_rng(seed), pmf, supports)
+        needed = lt_decoding._needed_one(k, np.random.default_rng(seed), pmf, supports)
         assert len(supports) == needed
         rows = np.zeros((needed, k))
         for j, support in enumerate(supports):

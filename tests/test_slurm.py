@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_e2e import mpi_env
 
-from cocoi_mpi.traces import read_trace
+from cocoi_mpi.traces.reader import read_trace
 
 ROOT = Path(__file__).resolve().parent.parent
 CLUSTER = ROOT / "jobs" / "slurm" / "local_cluster.sh"

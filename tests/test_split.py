@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cocoi_mpi.split import (
+from cocoi_mpi.geometry.split import (
     AxisGeom,
     SubtaskGeom,
     block_subtask,

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from cocoi_mpi.summary import RunSummary
+from cocoi_mpi.experiment.summary import RunSummary
 
 
 def rows(count: int, seed: int = 0) -> list[dict]:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cocoi_mpi.scenarios import Scenario
-from cocoi_mpi.sweep import cells, parse_entry, parse_part, parse_sweep, select_part
+from cocoi_mpi.experiment.scenarios import Scenario
+from cocoi_mpi.experiment.sweep import cells, parse_entry, parse_part, parse_sweep, select_part
 
 
 @pytest.mark.parametrize(

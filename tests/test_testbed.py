@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cocoi_mpi.testbed import (
+from cocoi_mpi.testbed.cgroups import (
     PERIOD_US,
     CgroupRoot,
     TestbedError,
@@ -118,7 +118,7 @@ def test_sweep_leftovers_removes_a_dead_ranks_group():
 
 
 def test_shares_are_validated():
-    from cocoi_mpi.config import ConfigError, build_config
+    from cocoi_mpi.experiment.config import ConfigError, build_config
 
     for bad in (-0.1, float("inf")):
         with pytest.raises(ConfigError, match="cpu_share must be a number of cores"):
@@ -131,7 +131,7 @@ def test_shares_are_validated():
 def test_run_confines_workers_and_tears_down(tmp_path):
     from test_e2e import mpirun
 
-    from cocoi_mpi.traces import read_trace
+    from cocoi_mpi.traces.reader import read_trace
 
     out = tmp_path / "tb.h5"
     proc = mpirun(
@@ -147,7 +147,7 @@ def test_run_confines_workers_and_tears_down(tmp_path):
 def test_run_without_writable_cgroups_says_so_and_runs(tmp_path):
     from test_e2e import mpirun
 
-    from cocoi_mpi.traces import read_trace
+    from cocoi_mpi.traces.reader import read_trace
 
     out = tmp_path / "tb.h5"
     empty = tmp_path / "no-cgroups"

@@ -11,16 +11,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cocoi_mpi.cli import main
-from cocoi_mpi.timeline import (
-    MASTER_PHASES,
-    TimelineError,
-    build_timeline,
-    chrome_trace,
-    pick_requests,
-    write_timeline,
-)
-from cocoi_mpi.traces import SUBTASK_DTYPE, TraceWriter, read_trace
+from cocoi_mpi.analysis.chrome_json import chrome_trace
+from cocoi_mpi.analysis.timeline import TimelineError, build_timeline, pick_requests, write_timeline
+from cocoi_mpi.analysis.tracks import MASTER_PHASES
+from cocoi_mpi.cli.commands import main
+from cocoi_mpi.traces.reader import read_trace
+from cocoi_mpi.traces.schema import SUBTASK_DTYPE
+from cocoi_mpi.traces.writer import TraceWriter
 
 CONFIG = {"model": "lenet5", "scheme": "cocoi", "code": "rotation", "n": 3, "k": 2}
 META = {"world_size": 4, "hostnames": ["m", "w1", "w2", "w3"]}

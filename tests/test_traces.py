@@ -14,14 +14,9 @@ import h5py
 import numpy as np
 import pytest
 
-from cocoi_mpi.traces import (
-    REQUEST_DTYPE,
-    ROUND_DTYPE,
-    SUBTASK_DTYPE,
-    TraceError,
-    TraceWriter,
-    read_trace,
-)
+from cocoi_mpi.traces.reader import TraceError, read_trace
+from cocoi_mpi.traces.schema import REQUEST_DTYPE, ROUND_DTYPE, SUBTASK_DTYPE
+from cocoi_mpi.traces.writer import TraceWriter
 
 CONFIG = {"model": "lenet5", "scheme": "cocoi", "code": "rotation", "n": 3, "k": 2}
 META = {
@@ -216,7 +211,7 @@ def test_killed_process_leaves_readable_file(tmp_path: Path) -> None:
     path = tmp_path / "killed.h5"
     script = textwrap.dedent(f"""
         import os
-        from cocoi_mpi.traces import TraceWriter
+        from cocoi_mpi.traces.writer import TraceWriter
         w = TraceWriter({str(path)!r}, config={{"n": 3}}, meta={{}}, num_classes=2)
         w.append("requests", [dict(request=0, latency=1.0)])
         w.append_logits([0.5, 1.5])
@@ -339,7 +334,7 @@ def test_missing_dataset_is_trace_error(trace_path: Path) -> None:
 
 def test_long_id_lists_keep_their_head_and_count_the_rest(tmp_path):
     """An LT decode can use hundreds of symbols: the row is written, shortened honestly."""
-    from cocoi_mpi.traces import shorten_list
+    from cocoi_mpi.traces.writer import shorten_list
 
     rows = list(range(400))
     path = tmp_path / "lt.h5"

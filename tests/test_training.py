@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-import cocoi_mpi.training as training
-from cocoi_mpi.data import Dataset, load_dataset
+import cocoi_mpi.models.training as training
 from cocoi_mpi.models import build_model, load_weights
+from cocoi_mpi.models.data import Dataset, load_dataset
 from cocoi_mpi.models.lenet5 import lenet5
-from cocoi_mpi.training import CHECKPOINT_KIND, TrainLog, accuracy, save_base, train_base
+from cocoi_mpi.models.training import CHECKPOINT_KIND, TrainLog, accuracy, save_base, train_base
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,7 +1,7 @@
 """LT (Luby transform) codes as the paper's LtCoI baseline (appendix G).
 
 Each encoded symbol sums d source pieces, d drawn from the Robust Soliton
-distribution (:mod:`cocoi_mpi.soliton`, which the simulator models too); its encoding
+distribution (:mod:`cocoi_mpi.latency.soliton`, which the simulator models too); its encoding
 vector has 1s at those pieces. Symbols stream: every worker gets one, and gets the
 next as soon as it answers, until the received encoding vectors reach rank k. The
 master then solves the received system by least squares. Symbol j's vector depends
@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 import numpy as np
 import torch
 
-from ..soliton import robust_soliton
+from ..latency.soliton import robust_soliton
 from .base import DecodeError, Scheme
 
 RANK_TOL = 1e-9

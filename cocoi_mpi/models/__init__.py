@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..inputs import read_error, torch_load
+from .inputs import read_error, torch_load
 from .lenet5 import lenet5
 from .resnet18 import resnet18
 from .vgg16 import vgg16

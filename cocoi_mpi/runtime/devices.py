@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 from mpi4py import MPI
 
-from ..config import RunConfig
-from ..testbed import Confinement, TestbedError, confine, find_cgroup_root
+from ..experiment.config import RunConfig
+from ..testbed.cgroups import Confinement, TestbedError, confine, find_cgroup_root
 
 
 @dataclass

@@ -5,7 +5,7 @@ loop that keeps a core busy for as long as they wait. A worker waits most of its
 and on the emulated testbed (a 0.15-core quota per worker) that spinning used the
 whole quota. So every wait of a worker is a test followed by a short sleep that
 grows while nothing comes (:class:`Backoff`, like mpi4py.futures' back-off), and the
-master's wait polls the same way (runtime.master.wait_some).
+master's wait polls the same way (runtime.transport.Transport.wait_some).
 
 The cyclic garbage collector is the other source of pauses no request asked for: a
 generation-2 collection scans every object alive, the model's included. Each rank

@@ -24,29 +24,23 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..codes import CONV, scheme_info
-from ..codes.learned import LearnedScheme
-from ..config import RunConfig, scenario_of
-from ..data import load_dataset
-from ..engine import install, install_blocks, type1_convs
-from ..inputs import check_shape, load_input, seeded_inputs
+from ..engine.proxies import install, install_blocks, type1_convs
+from ..experiment.config import RunConfig, scenario_of
+from ..experiment.progress import echo_line, progress
+from ..experiment.resume import open_trace, resume_at
+from ..experiment.summary import RunSummary
+from ..experiment.sweep import Cell, cells, parse_sweep, select_part
+from ..learned.scheme import LearnedScheme
 from ..models import MODELS, build_model, input_shape, load_weights
-from ..progress import echo_line, progress
-from ..resume import open_trace, resume_at
-from ..summary import RunSummary
-from ..sweep import Cell, cells, parse_sweep, select_part
-from ..traces import TraceWriter
+from ..models.data import load_dataset
+from ..models.inputs import check_shape, load_input, seeded_inputs
+from ..traces.writer import TraceWriter
 from .devices import emulate_devices
 from .idle import GcWatch, Usage
-from .master import (
-    Interrupted,
-    MasterEngine,
-    ShutdownTimeout,
-    WorkerError,
-    failed_ranks,
-    ulfm_enabled,
-)
+from .master import Interrupted, MasterEngine, ShutdownTimeout, WorkerError
 from .protocol import resident_mb, split_report
 from .signals import SignalFlag
+from .ulfm import failed_ranks, ulfm_enabled
 from .worker import run_worker
 
 AUTO_TIMEOUT_MIN_S = 60.0  # --round-timeout auto: never less than this
@@ -145,8 +139,8 @@ def make_plans(cfg: RunConfig, model: torch.nn.Module, input_shape) -> dict[tupl
     needed = planned_methods(cfg)
     if not needed:
         return {}
-    from ..latency import Profile, pi4_profile
-    from ..planning import plan_model
+    from ..latency.planning import plan_model
+    from ..latency.profile import Profile, pi4_profile
 
     profile = Profile.load(cfg.profile) if cfg.profile else pi4_profile()
     failures = cfg.failures if cfg.scenario in (2, 3) else 0
@@ -297,8 +291,9 @@ def load_codecs(cfg: RunConfig, model: torch.nn.Module, shape: tuple) -> list:
     """The learned codecs, checked against this model, its blocks and the input size.
 
     With --hybrid the model's last conv block stays on the master (Non-linear*)."""
-    from ..blocks import find_blocks
-    from ..learning import CodecError, load_codec
+    from ..geometry.blocks import find_blocks
+    from ..learned.checkpoint import load_codec
+    from ..learned.coded_block import CodecError
 
     blocks = [load_codec(path, model, cfg.model, shape)[0] for path in cfg.codec]
     names = [cb.name for cb in blocks]
@@ -605,7 +600,7 @@ def serve(
     """The request loop over every cell: coded forward, check, one flush per request.
 
     On a terminal one bar covers every request of every cell (postfix: the cell and the
-    last latency); elsewhere one line per request (see cocoi_mpi.progress)."""
+    last latency); elsewhere one line per request (see cocoi_mpi.experiment.progress)."""
     plan = run_cells(cfg)
     skip = resume_at(writer, engine, echo)  # cells a cut-off trace holds (--resume)
     with (

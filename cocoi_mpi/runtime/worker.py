@@ -31,13 +31,12 @@ import numpy as np
 import torch
 from mpi4py import MPI
 
-from ..blocks import BlockSpec
-from ..convtask import ConvSpec
 from ..errors import InternalError
-from ..subtasks import compute
+from ..geometry.blocks import BlockSpec
+from ..geometry.conv import ConvSpec
+from ..geometry.units import compute
 from .idle import Backoff, GcWatch, Usage, poll
 from .liveness import Address, Exit, WorkerLink, connect
-from .master import is_proc_failure
 from .protocol import (
     CTRL,
     ERROR,
@@ -57,6 +56,7 @@ from .protocol import (
     error_report,
     resident_mb,
 )
+from .ulfm import is_proc_failure
 
 IDLE_COLLECT_S = 0.5  # a worker idle this long (seconds slept) runs the collector
 GC_EVERY = 200  # ... and so does one busy for this many tasks without a pause

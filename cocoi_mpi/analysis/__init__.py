@@ -1,0 +1,1 @@
+"""What is read out of traces: reports, scheme comparisons, plots, the timeline."""

@@ -1,0 +1,123 @@
+"""The master's side of a round's outputs: a conv's output filled piece by piece as
+replies arrive (``Assembly``), and the merge of a block's decoded pieces.
+
+Pure torch. The code is linear and bias is not: the bias is added here, once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .columns import WIDE_ROW_BYTES, _as_byte_rows, _copy_columns, _numpy
+from .split import LayerSplit
+
+if TYPE_CHECKING:
+    from .conv import ConvSpec
+
+
+class Assembly:
+    """The layer's output, filled piece by piece as outputs arrive, then the bias.
+
+    A subtask that carries source pieces unchanged is placed when it arrives (while
+    the master still waits for others); after that only the missing pieces are
+    decoded. Columns past the output width (the last piece's padding) are cropped."""
+
+    def __init__(
+        self,
+        split: LayerSplit,
+        out_shape: tuple[int, ...],
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        self.split, self.clock = split, clock
+        self.out = torch.empty(out_shape, dtype=dtype)
+        # the output seen by numpy, for place; None: torch copies (wide pieces too)
+        width = split.outs[0][1] - split.outs[0][0]
+        wide = width * self.out.element_size() >= WIDE_ROW_BYTES
+        self._out = None if wide else _numpy(self.out)
+        self._rows = None if self._out is None else _as_byte_rows(self._out)
+        self.bias = None if bias is None else bias.detach().view(-1, 1, 1)
+        self.placed: set[int] = set()
+        self.place_s = 0.0
+
+    def place(self, piece: int, value: torch.Tensor) -> None:
+        """Write one output piece (C_out, H_out, w) into its columns of the output."""
+        block = value.unsqueeze(0)
+        self._place(piece, block, 0, self._block_rows(block))
+
+    def place_subtask(self, code, index: int, output: torch.Tensor) -> None:
+        """Put the source pieces a subtask carries into place (first copy wins)."""
+        sources = code.sources_of(index)
+        if sources is None:
+            return
+        t0 = self.clock()
+        rows = self._block_rows(output)
+        for slot, piece in enumerate(sources):
+            if piece not in self.placed:
+                self._place(piece, output, slot, rows)
+        self.place_s += self.clock() - t0
+
+    def _block_rows(self, block: torch.Tensor) -> np.ndarray | None:
+        """A (m, C_out, H_out, w) block of pieces as (m, C_out*H_out, w*itemsize) byte
+        rows, seen once for its m pieces; None where numpy cannot see it (then place
+        copies with torch)."""
+        arr = None if self._out is None else _numpy(block)
+        if arr is None or arr.ndim != 4 or arr.dtype != self._out.dtype:
+            return None
+        if arr.shape[1:3] != self._out.shape[1:3]:
+            return None
+        return _as_byte_rows(arr).reshape(len(arr), len(self._rows), -1)
+
+    def _place(self, piece: int, block: torch.Tensor, slot: int, rows: np.ndarray | None) -> None:
+        """Copy ``block[slot]`` into piece ``piece``'s columns, cropped at the output edge:
+        as byte rows (``_columns``) when there are some, else with torch."""
+        a, b = self.split.outs[piece]
+        b = min(b, self.split.width_out)
+        self.placed.add(piece)
+        if b <= a:  # a piece wholly past the edge (m = 2 codes): nothing to keep
+            return
+        if rows is None:
+            self.out[0, :, :, a:b].copy_(block[slot][..., : b - a])
+        else:
+            size = self._out.itemsize
+            _copy_columns(self._rows, size * a, rows[slot], 0, size * (b - a))
+
+    def finish(self, code, outputs: Mapping[int, torch.Tensor]) -> tuple[list[int], float]:
+        """Place what is still unplaced, decode only the missing pieces.
+
+        Returns (subtasks used, decode seconds)."""
+        for index, output in outputs.items():
+            self.place_subtask(code, index, output)
+        missing = [j for j in range(code.source_pieces) if j not in self.placed]
+        t0 = self.clock()
+        rebuilt, used = code.decode_missing(outputs, missing)
+        t1 = self.clock()
+        rows = self._block_rows(rebuilt) if missing else None
+        for slot, piece in enumerate(missing):
+            self._place(piece, rebuilt, slot, rows)
+        if self.bias is not None:  # one streaming pass: 4x faster than per narrow piece
+            self.out.add_(self.bias)
+        self.place_s += self.clock() - t1
+        return used, t1 - t0
+
+
+def conv_output_shape(spec: ConvSpec, x: torch.Tensor, split: LayerSplit) -> tuple[int, ...]:
+    height = spec.height_geom.out_size(x.shape[2])
+    return (1, spec.weight.shape[0], height, split.width_out)
+
+
+def merge(
+    decoded: torch.Tensor, rest: torch.Tensor | None, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """(k*m, C_out, H_out, w) decoded pieces + remainder -> (1, C_out, H_out, W_out) + bias."""
+    parts = list(decoded.unbind(0))
+    if rest is not None:
+        parts.append(rest[0])
+    out = torch.cat(parts, dim=-1).unsqueeze(0)
+    return out if bias is None else out + bias.view(1, -1, 1, 1)

@@ -1,0 +1,113 @@
+"""One type-1 conv as a coded task: what the master cuts, what a worker computes.
+
+Pure torch. The MPI master and the in-process engine both use these functions, so
+the arithmetic that decides exactness is the same code in tests and in real runs.
+
+The master cuts equal pieces that together cover the whole output width (the last
+one reaches past it and is cropped), copying each piece's input columns straight into
+its subtask's send buffer, with zeros where the layer's padding (or the coverage past
+the edge) is; a worker pads the height itself and convolves without bias. Outputs go
+straight into the layer's output with the bias added on the way (``Assembly``): the
+code is linear and bias is not. No column of a distributed conv runs on the master.
+
+This module holds a conv's spec and a worker's subtask; the master's inputs are in
+:mod:`cocoi_mpi.geometry.rounds`, its outputs in :mod:`cocoi_mpi.geometry.assembly`,
+the byte-row copies both use in :mod:`cocoi_mpi.geometry.columns`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import InternalError
+from .split import AxisGeom, tightest_pieces
+
+if TYPE_CHECKING:
+    from ..codes import Scheme
+    from .rounds import ConvRound
+
+
+class NotSplittable(InternalError, ValueError):
+    """This conv cannot be distributed (reason in the message); run it locally."""
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    """What a worker needs to execute subtasks of one conv: weights and geometry."""
+
+    layer_id: int
+    name: str
+    weight: torch.Tensor  # (C_out, C_in/groups, K_h, K_w)
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    pad_h: tuple[int, int]  # (top, bottom), applied by the worker
+    pad_w: tuple[int, int]  # (left, right), applied by the master before cutting
+
+    @property
+    def width_geom(self) -> AxisGeom:
+        return AxisGeom(self.weight.shape[3], self.stride[1], self.dilation[1], *self.pad_w)
+
+    @property
+    def height_geom(self) -> AxisGeom:
+        return AxisGeom(self.weight.shape[2], self.stride[0], self.dilation[0], *self.pad_h)
+
+    # The coding-unit protocol (subtasks.Unit), answered by BlockSpec too.
+
+    def compute(self, x: torch.Tensor, masks: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+        """A worker's subtask (``worker_conv``); a conv's pieces carry no masks."""
+        return worker_conv(self, x)
+
+    def masks_for(self, prep: ConvRound, index: int) -> tuple[tuple[int, int], ...]:
+        return ()
+
+    def reply_shape(self, prep: ConvRound, code: Scheme) -> tuple[int, ...]:
+        """(m, C_out, H_out, piece width) of one subtask's output."""
+        height = self.height_geom.out_size(prep.height)
+        return (code.pieces_per_task, self.weight.shape[0], height, prep.split.piece_width)
+
+    def rest_output(self, prep: ConvRound) -> None:
+        return None  # a conv round covers every column with its pieces; bias comes later
+
+
+def conv_spec(layer_id: int, name: str, conv: nn.Conv2d) -> ConvSpec:
+    """Read a Conv2d's geometry; refuse what the coded split cannot reproduce exactly."""
+    if not isinstance(conv, nn.Conv2d):
+        raise NotSplittable(f"{name} is not a Conv2d")
+    if conv.padding_mode != "zeros":
+        raise NotSplittable(f"{name} uses padding_mode={conv.padding_mode!r}")
+    left, right, top, bottom = conv._reversed_padding_repeated_twice
+    return ConvSpec(
+        layer_id=layer_id,
+        name=name,
+        weight=conv.weight.detach(),
+        stride=tuple(conv.stride),
+        dilation=tuple(conv.dilation),
+        groups=conv.groups,
+        pad_h=(top, bottom),
+        pad_w=(left, right),
+    )
+
+
+def worker_conv(spec: ConvSpec, x: torch.Tensor) -> torch.Tensor:
+    """A worker's subtask: (m, C, H, w) coded input -> (m, C_out, H_out, w_out), no bias."""
+    x = F.pad(x, (0, 0, *spec.pad_h)) if any(spec.pad_h) else x
+    return F.conv2d(x, spec.weight, None, spec.stride, 0, spec.dilation, spec.groups)
+
+
+def layer_k(spec: ConvSpec, width_in: int, k: int, pieces_per_task: int) -> int:
+    """k for this layer: at most ``k``, every piece at least one output column, and the
+    fewest subtasks whose pieces of that width still cover the output (tightest_pieces)."""
+    width_out = spec.width_geom.out_size(width_in)
+    k_fit = min(k, width_out // pieces_per_task)
+    if k_fit < 1:
+        raise NotSplittable(
+            f"{spec.name}: output width {width_out} < {pieces_per_task} pieces per subtask"
+        )
+    return -(-tightest_pieces(width_out, k_fit * pieces_per_task) // pieces_per_task)

@@ -1,0 +1,175 @@
+"""The master's side of one round: the subtask inputs of a conv (``ConvRound``), made
+on demand in the send buffer, and the coded inputs of a block (``Prepared``).
+
+Pure torch. How a conv's pieces are cut and why: :mod:`cocoi_mpi.geometry.conv`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from .columns import _fill_piece_rows, _fill_piece_torch, _piece_columns, _piece_rows, fill_piece
+from .split import LayerSplit, split_layer
+
+if TYPE_CHECKING:
+    from .conv import ConvSpec
+
+
+def check_input(spec: ConvSpec, x: torch.Tensor) -> None:
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ValueError(f"{spec.name}: coded layers take one image, got {tuple(x.shape)}")
+
+
+def cut_pieces(spec: ConvSpec, x: torch.Tensor, pieces: int) -> tuple[LayerSplit, torch.Tensor]:
+    """The split and its k*m input pieces stacked on dim 0 (tests and analysis)."""
+    check_input(spec, x)
+    split = split_layer(spec.width_geom, x.shape[3], pieces)
+    width = split.ins[0][1] - split.ins[0][0]
+    out = x.new_empty((pieces, x.shape[1], x.shape[2], width))
+    for i, rng in enumerate(split.ins):
+        fill_piece(spec, x, rng, out[i])
+    return split, out
+
+
+Alloc = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
+
+
+def new_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
+
+
+class ConvRound:
+    """The master's side of one conv round: subtask inputs made on demand.
+
+    ``subtask_input(i)`` makes subtask i's input in its own slot of one (n*m, C, H, w)
+    buffer (the send buffer: nothing is copied again before MPI sends it), so the
+    master can post each send as soon as its input exists. A subtask that carries
+    source pieces unchanged costs one copy of their columns (``split_s``); coded
+    subtasks are made together, a systematic code's parities by one matrix product
+    over the source slots (``encode_s``).
+    """
+
+    def __init__(
+        self,
+        spec: ConvSpec,
+        x: torch.Tensor,
+        code,
+        alloc: Alloc = new_buffer,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        check_input(spec, x)
+        self.spec, self.x, self.code, self.clock = spec, x, code, clock
+        self.split = split_layer(spec.width_geom, x.shape[3], code.source_pieces)
+        self.m = code.pieces_per_task
+        width = self.split.ins[0][1] - self.split.ins[0][0]
+        self.piece_shape = (x.shape[1], x.shape[2], width)
+        self.buffer = alloc((code.n * self.m, *self.piece_shape), x.dtype)
+        self.made: set[int] = set()
+        self.split_s = self.encode_s = 0.0
+        self._sources: torch.Tensor | None = None
+        self._encoded = False
+        self.reply = None
+
+    @property
+    def height(self) -> int:
+        return self.x.shape[2]
+
+    def subtask_input(self, index: int) -> torch.Tensor:
+        """(m, C, H, w) input of subtask ``index``, contiguous; streaming schemes may ask
+        for indices past n (made from the sources, outside the buffer)."""
+        m = self.m
+        if index >= self.code.n:
+            t0 = self.clock()
+            out = self.code.subtask_input(self.pieces, index).contiguous()
+            self.encode_s += self.clock() - t0
+            return out
+        if index not in self.made:
+            self._make(index)
+        return self.buffer[index * m : (index + 1) * m]
+
+    def _make(self, index: int) -> None:
+        sources = self.code.sources_of(index)
+        if sources is None:
+            self._encode()
+        else:
+            t0 = self.clock()
+            for slot, piece in enumerate(sources):
+                self._fill(index * self.m + slot, piece)
+            self.split_s += self.clock() - t0
+        self.made.add(index)
+
+    @cached_property
+    def _rows(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The input and the buffer as byte rows (``_piece_rows``), once per round:
+        the per-piece cost of viewing them is then not paid k times."""
+        return _piece_rows(self.x, self.buffer)
+
+    def _fill(self, slot: int, piece: int) -> None:
+        """fill_piece of source ``piece`` into buffer row ``slot``."""
+        columns = _piece_columns(self.spec, self.x.shape[3], self.split.ins[piece])
+        if self._rows is None:
+            _fill_piece_torch(self.x, columns, self.buffer[slot])
+        else:
+            src, dst = self._rows
+            _fill_piece_rows(src, dst[slot], columns, self.buffer.itemsize)
+
+    @property
+    def systematic(self) -> bool:
+        return bool(getattr(self.code, "systematic", False)) and hasattr(
+            self.code, "encode_parities"
+        )
+
+    @property
+    def pieces(self) -> torch.Tensor:
+        """The k*m source pieces (K, C, H, w): the buffer's first rows when systematic."""
+        if self.systematic:
+            for i in range(self.code.k):
+                if i not in self.made:
+                    self._make(i)
+            return self.buffer[: self.code.source_pieces]
+        if self._sources is None:
+            t0 = self.clock()
+            self._sources = cut_pieces(self.spec, self.x, self.code.source_pieces)[1]
+            self.split_s += self.clock() - t0
+        return self._sources
+
+    def _encode(self) -> None:
+        """Make every coded subtask input at once (one matrix product)."""
+        if self._encoded:
+            return
+        sources = self.pieces
+        t0 = self.clock()
+        km = self.code.source_pieces
+        if self.systematic:
+            flat = self.buffer.view(self.buffer.shape[0], -1)
+            self.code.encode_parities(flat[:km], flat[km:])
+        else:
+            self.code.encode_into(sources, self.buffer)
+        self.encode_s += self.clock() - t0
+        self.made.update(i for i in range(self.code.n) if self.code.sources_of(i) is None)
+        self._encoded = True
+
+
+@dataclass
+class Prepared:
+    """The master's side of one block round (learned scheme): coded inputs and geometry."""
+
+    split: object  # a blocks.BlockSplit
+    padded: torch.Tensor  # the block input as is (its split knows the padding)
+    coded: torch.Tensor  # (n, m, C, H, w_in)
+    pieces: torch.Tensor | None = None  # (k*m, C, H, w_in) sources, for streaming schemes
+    reply: tuple[int, ...] | None = None  # shape of one subtask's output
+    split_s: float = 0.0
+    encode_s: float = 0.0
+
+    def subtask_input(self, index: int) -> torch.Tensor:
+        if index < self.coded.shape[0]:
+            return self.coded[index]
+        raise ValueError(f"block rounds have {self.coded.shape[0]} subtasks, not {index}")

@@ -1,0 +1,3 @@
+"""Learned codes: codec nets, the learned Scheme adapter, codec training and accuracy with
+outputs lost.
+"""

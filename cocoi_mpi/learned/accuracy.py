@@ -1,0 +1,103 @@
+"""Accuracy of a model whose coded blocks lose outputs: every erasure pattern, random
+ones, or exactly the code rows a run lost (the paper's Fig. 10, the seed paper's
+Table V).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from ..models.data import Dataset, batches
+from .coded_block import CodedBlock, replaced_blocks
+from .scheme import Codec
+
+
+def erasure_patterns(n: int, lost: int, among: int | None = None) -> list[tuple[int, ...]]:
+    """Every set of ``lost`` subtasks out of the first ``among`` (default all n)."""
+    return list(itertools.combinations(range(among if among is not None else n), lost))
+
+
+def pattern_mask(n: int, lost: Sequence[int], batch: int) -> torch.Tensor:
+    mask = torch.ones(batch, n, dtype=torch.bool)
+    mask[:, list(lost)] = False
+    return mask
+
+
+def coded_accuracy(
+    model: nn.Module,
+    entries: Sequence[CodedBlock],
+    data: Dataset,
+    lost: int | Sequence[int] = 0,
+    systematic_only: bool = False,
+    draws: int = 0,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> float:
+    """Top-1 accuracy (percent) with outputs lost in every coded block.
+
+    ``lost`` an int: that many outputs lost per block, averaged over every pattern
+    (one block, ``draws`` = 0) or over ``draws`` random patterns per image. ``lost`` a
+    sequence: exactly those code rows lost in every block (what a run with silent
+    workers does). ``systematic_only``: only original pieces are lost (the worst case).
+    """
+    if not isinstance(lost, int):
+        return _accuracy_with(
+            model, entries, data, lambda i, b: pattern_mask(entries[i].codec.n, lost, b), batch_size
+        )
+    if lost == 0:
+        return _accuracy_with(
+            model, entries, data, lambda i, b: pattern_mask(entries[i].codec.n, (), b), batch_size
+        )
+    if len(entries) == 1 and draws == 0:
+        codec = entries[0].codec
+        patterns = erasure_patterns(codec.n, lost, codec.k if systematic_only else None)
+        accs = [
+            _accuracy_with(
+                model, entries, data, lambda i, b, p=p: pattern_mask(codec.n, p, b), batch_size
+            )
+            for p in patterns
+        ]
+        return sum(accs) / len(accs)
+    gen = torch.Generator().manual_seed(seed)
+    accs = [
+        _accuracy_with(
+            model,
+            entries,
+            data,
+            lambda i, b: random_lost(entries[i].codec, lost, b, systematic_only, gen),
+            batch_size,
+        )
+        for _ in range(max(1, draws))
+    ]
+    return sum(accs) / len(accs)
+
+
+def random_lost(codec: Codec, lost: int, batch: int, systematic_only: bool, gen) -> torch.Tensor:
+    among = codec.k if systematic_only else codec.n
+    order = torch.rand(batch, among, generator=gen).argsort(1)[:, :lost]
+    mask = torch.ones(batch, codec.n, dtype=torch.bool)
+    mask.scatter_(1, order, False)
+    return mask
+
+
+def _accuracy_with(model, entries, data: Dataset, present, batch_size: int) -> float:
+    correct = 0
+    with torch.no_grad(), replaced_blocks(model, entries, present):
+        for images, labels in batches(data, batch_size, False):
+            correct += int((model(images).argmax(1) == labels).sum())
+    return 100.0 * correct / len(data)
+
+
+def coded_predictions(
+    model: nn.Module, entries: Sequence[CodedBlock], images: torch.Tensor, lost: Sequence[int]
+) -> torch.Tensor:
+    """Logits with exactly the code rows ``lost`` missing in every block (offline replay)."""
+    with (
+        torch.no_grad(),
+        replaced_blocks(model, entries, lambda i, b: pattern_mask(entries[i].codec.n, lost, b)),
+    ):
+        return model(images)

@@ -1,0 +1,1 @@
+"""Emulated devices on one machine (cgroups) and the isolation check."""
