@@ -212,10 +212,20 @@ def test_learned_cells_run_convs_outside_coded_blocks_on_the_master(lenet_with_f
 
 
 class SweepEngine(LocalEngine):
-    """LocalEngine with what the job's cell set-up also calls on the MPI master."""
+    """LocalEngine with what the MPI master is given (the codecs) and does per cell
+    (MasterEngine.configure itself, which the job's cell set-up calls)."""
+
+    def __init__(self, n: int, k: int, codecs: dict):
+        super().__init__(n, k)
+        self.codecs = codecs
 
     def set_scenario(self, scenario, fault_seed: int) -> None:
         self.scenario = scenario
+
+    def configure(self, *args) -> None:
+        from cocoi_mpi.runtime.master import MasterEngine
+
+        MasterEngine.configure(self, *args)
 
 
 def test_mixed_learned_and_exact_sweep_serves_every_request_exactly(
@@ -224,7 +234,13 @@ def test_mixed_learned_and_exact_sweep_serves_every_request_exactly(
     """The job's own set-up (install_for, run_cells, configure_cell) and request loop,
     with in-process workers: 2 repetitions x 3 schemes x 2 requests, none refused."""
     from cocoi_mpi.experiment.config import RunConfig
-    from cocoi_mpi.runtime.job import MasterJob, configure_cell, install_for, run_cells
+    from cocoi_mpi.runtime.job import (
+        MasterJob,
+        configure_cell,
+        install_for,
+        learned_codecs,
+        run_cells,
+    )
 
     model, cb = lenet_with_first_block_coded
     cfg = RunConfig(
@@ -236,7 +252,7 @@ def test_mixed_learned_and_exact_sweep_serves_every_request_exactly(
     )
     inputs = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     job = MasterJob(copy.deepcopy(model), inputs, 10, blocks=[cb], requests=len(inputs))
-    engine = SweepEngine(n=3, k=2)
+    engine = SweepEngine(n=3, k=2, codecs=learned_codecs(job.blocks))
     job.specs = install_for(job, engine, cfg)
     assert [spec.name for spec in job.specs] == ["features.3"]
     served: dict[str, set[str]] = {}

@@ -168,12 +168,17 @@ def plan_lines(cfg: RunConfig, key: tuple, plans: list) -> list[str]:
 
 
 def install_for(job: MasterJob, engine: MasterEngine, cfg: RunConfig) -> list:
-    """Proxies for every conv some cell distributes, and for the learned scheme's blocks."""
+    """Proxies for every conv some cell distributes, and for the learned scheme's blocks
+    (whose codecs the engine was given: :func:`learned_codecs`)."""
     locs = [cb.loc for cb in job.blocks]
     specs = install_convs(job, engine, cfg) if codes_convs(cfg) else []
     job.block_specs = install_blocks(job.model, engine, locs)
-    engine.codecs = {cb.name: LearnedScheme(cb.codec) for cb in job.blocks}
     return specs
+
+
+def learned_codecs(blocks: list) -> dict[str, LearnedScheme]:
+    """Block name -> the learned scheme of its codec, for the engine."""
+    return {cb.name: LearnedScheme(cb.codec) for cb in blocks}
 
 
 def codes_convs(cfg: RunConfig) -> bool:
@@ -195,16 +200,14 @@ def install_convs(job: MasterJob, engine: MasterEngine, cfg: RunConfig) -> list:
 def configure_cell(cfg: RunConfig, job: MasterJob, engine: MasterEngine, cell: Cell) -> None:
     """Scheme, k (or the plan's per-layer k) and faults of one sweep cell."""
     k = cell.k if cell.k is not None else cfg.k
-    engine.use(cell.scheme, k if isinstance(k, int) else base_k(cfg))
-    engine.set_scenario(cell.scenario, cell.fault_seed)
     if isinstance(k, str):
         plans = job.plans[(k, pieces_per_task(cfg, cell.scheme))]
-        engine.planned = {p.name: p.k for p in plans if p.distribute}
-        engine.active = set(engine.planned)
+        planned = {p.name: p.k for p in plans if p.distribute}
+        active = set(planned)
     else:
-        engine.planned = {}
-        engine.active = job.default_layers if job.plans else None
-    engine.layer_timeouts = layer_timeouts(cfg, job)
+        planned, active = {}, job.default_layers if job.plans else None
+    scheme_k = k if isinstance(k, int) else base_k(cfg)
+    engine.configure(cell.scheme, scheme_k, cell.scenario, cell.fault_seed, planned, active)
 
 
 def base_timeout(cfg: RunConfig) -> float | None:
@@ -416,8 +419,10 @@ def master_life(
             round_timeout=base_timeout(cfg),
             crashes=cfg.crash,
             interrupted=signalled.name,
+            layer_timeouts=layer_timeouts(cfg, job),
+            codecs=learned_codecs(job.blocks),
+            on_shortfall=cfg.on_shortfall,
         )
-        engine.on_shortfall = cfg.on_shortfall
         job.specs = install_for(job, engine, cfg)
     except BaseException:
         comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
