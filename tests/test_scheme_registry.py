@@ -131,6 +131,10 @@ def test_engine_refuses_an_unknown_scheme_by_name():
         "cocoi_mpi.experiment.config",
         "cocoi_mpi.experiment.summary",
         "cocoi_mpi.runtime.job",
+        "cocoi_mpi.runtime.plans",
+        "cocoi_mpi.runtime.prepare",
+        "cocoi_mpi.runtime.serving",
+        "cocoi_mpi.runtime.trace_meta",
     ],
 )
 def test_no_scheme_name_is_compared_outside_the_registry(module):
@@ -234,13 +238,8 @@ def test_mixed_learned_and_exact_sweep_serves_every_request_exactly(
     """The job's own set-up (install_for, run_cells, configure_cell) and request loop,
     with in-process workers: 2 repetitions x 3 schemes x 2 requests, none refused."""
     from cocoi_mpi.experiment.config import RunConfig
-    from cocoi_mpi.runtime.job import (
-        MasterJob,
-        configure_cell,
-        install_for,
-        learned_codecs,
-        run_cells,
-    )
+    from cocoi_mpi.runtime.plans import configure_cell, install_for, learned_codecs, run_cells
+    from cocoi_mpi.runtime.prepare import MasterJob
 
     model, cb = lenet_with_first_block_coded
     cfg = RunConfig(
