@@ -99,10 +99,10 @@ def probe(outdir: str, argv: list[str]) -> None:
 
     worker.WorkerLoop.serve = timed(worker.WorkerLoop.serve, loop_done, loop=True)
     worker.compute = timed(worker.compute, computed)
-    try:  # the master's request loop, in runtime/serving.py since job.py's split
-        from cocoi_mpi.runtime import serving
+    try:  # the master's request loop, runtime/serving.py's Serving since job.py's split
+        from cocoi_mpi.runtime.serving import Serving
 
-        serving.serve = timed(serving.serve, loop_done, loop=True)
+        Serving.serve = timed(Serving.serve, loop_done, loop=True)
     except ImportError:  # a --before checkout from before the split
         from cocoi_mpi.runtime import job
 

@@ -1,7 +1,11 @@
-"""The batch job: one dispatch on rank, the master's request loop, provenance.
+"""The batch job: one dispatch on rank, and the master's run from set-up to farewell.
 
 ``run_job(cfg, comm)`` is what ``python -m cocoi_mpi.run`` calls on every rank. Ranks
-past n + 1 leave at once; rank 0 is the master; ranks 1..n are workers.
+past n + 1 leave at once; rank 0 is the master; ranks 1..n are workers. The master's
+run is :class:`MasterRun`, a context manager over its parts: :mod:`.prepare` (model,
+inputs, plans), :mod:`.plans` (the proxies, each cell's settings, the deadlines),
+:mod:`.serving` (the request loop), :mod:`.trace_meta` and :mod:`.provenance` (what the
+trace keeps besides its rows).
 """
 
 from __future__ import annotations
@@ -29,11 +33,11 @@ from .plans import (
     plan_lines,
     run_cells,
 )
-from .prepare import MasterJob, prepare
+from .prepare import prepare
 from .provenance import provenance
-from .serving import echo_summary, serve
+from .serving import Serving, echo_summary
 from .signals import SignalFlag
-from .trace_meta import SendTimes, master_meta, reliability_meta
+from .trace_meta import master_meta, reliability_meta
 from .ulfm import failed_ranks, ulfm_enabled
 from .worker import run_worker
 
@@ -113,136 +117,151 @@ def run_master(
 
     SIGTERM/SIGINT stop the run at the next safe point (between two polls of a round,
     or between requests); the trace is then closed as interrupted."""
-    with SignalFlag() as signalled:
-        return master_life(comm, cfg, echo, signalled, meta or {})
+    with SignalFlag() as signalled, MasterRun(comm, cfg, echo, signalled, meta or {}) as run:
+        return run.serve_and_report()
 
 
-def master_life(
-    comm: MPI.Comm, cfg: RunConfig, echo: Callable, signalled: SignalFlag, meta: dict
-) -> int:
-    try:
-        job = prepare(cfg)
-        engine = MasterEngine(
-            comm,
-            range(1, cfg.n + 1),
-            base_k(cfg),
-            cfg.code,
-            cfg.systematic,
-            cfg.silent,
-            scheme=cfg.scheme,
-            scenario=scenario_of(cfg),
-            seed=cfg.seed,
-            round_timeout=base_timeout(cfg),
-            crashes=cfg.crash,
-            interrupted=signalled.name,
-            layer_timeouts=layer_timeouts(cfg, job),
-            codecs=learned_codecs(job.blocks),
-            on_shortfall=cfg.on_shortfall,
-        )
-        job.specs = install_for(job, engine, cfg)
-    except BaseException:
-        comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
-        raise
-    hosts = engine.setup(job.specs, job.block_specs)
-    job.gc.freeze()  # model, weights, codes: never scanned again
-    job.usage = Usage()
-    try:
-        return serve_and_report(comm, cfg, echo, signalled, meta, job, engine, hosts)
-    finally:  # last: a worker leaves as soon as it has heard it
-        engine.say_farewell()
+class MasterRun:
+    """The master's run, from set-up to the farewell, as a context manager.
 
+    Entering prepares the run (model, inputs, plans, the engine and its proxies) and
+    hands the workers their layers; if preparing fails, the workers are told to leave
+    before any set-up. Leaving says the master's farewell, its last word to the
+    workers. In between, :meth:`serve_and_report` serves the requests into the trace,
+    stops the workers and prints the summary. ``meta`` holds more root attributes for
+    the trace (the emulated devices')."""
 
-def serve_and_report(
-    comm: MPI.Comm,
-    cfg: RunConfig,
-    echo: Callable,
-    signalled: SignalFlag,
-    meta: dict,
-    job: MasterJob,
-    engine: MasterEngine,
-    hosts: list[str],
-) -> int:
-    """Serve the requests into the trace, stop the workers, print the summary."""
-    writer, status, summary, failure = None, "failed", RunSummary(), None
-    try:
-        writer = open_trace(  # with --resume: the cut-off trace, past its complete cells
-            cfg,
-            job.path,
-            meta={**provenance(comm, hosts), **meta},
-            num_classes=job.num_classes,
-            requests=job.requests,
-            plan=run_cells(cfg),
-        )
-        if job.plans:
-            first = next(iter(job.plans.values()))
-            writer.set_meta("plan", [p.to_dict() for p in first])
-            writer.set_meta(
-                "plans",
-                {
-                    f"{method}:m={m}": [p.to_dict() for p in plans]
-                    for (method, m), plans in job.plans.items()
-                },
+    def __init__(
+        self, comm: MPI.Comm, cfg: RunConfig, echo: Callable, signalled: SignalFlag, meta: dict
+    ):
+        self.comm, self.cfg, self.meta = comm, cfg, meta
+        self.echo, self.signalled = echo, signalled
+        self.hosts: list[str] = []  # every rank's hostname, master first (after set-up)
+
+    def __enter__(self) -> MasterRun:
+        cfg = self.cfg
+        try:
+            self.job = job = prepare(cfg)
+            self.engine = engine = MasterEngine(
+                self.comm,
+                range(1, cfg.n + 1),
+                base_k(cfg),
+                cfg.code,
+                cfg.systematic,
+                cfg.silent,
+                scheme=cfg.scheme,
+                scenario=scenario_of(cfg),
+                seed=cfg.seed,
+                round_timeout=base_timeout(cfg),
+                crashes=cfg.crash,
+                interrupted=self.signalled.name,
+                layer_timeouts=layer_timeouts(cfg, job),
+                codecs=learned_codecs(job.blocks),
+                on_shortfall=cfg.on_shortfall,
             )
-            for key, plans in job.plans.items():
-                for line in plan_lines(cfg, key, plans):
-                    echo(line)
-        summary = serve(cfg, job, engine, writer, echo, signalled)
-        status = "complete"
-    except Interrupted as exc:
-        status = f"interrupted: {exc}"
-        if writer is not None:  # mpirun kills ranks ~0.2 s after forwarding SIGTERM
-            writer.mark(status)
-        raise
-    except BaseException as exc:
-        status = f"failed: {type(exc).__name__}: {first_line(exc)}"
-        failure = exc
-        raise
-    finally:
-        grace = INTERRUPTED_SHUTDOWN_S if status.startswith("interrupted") else 60.0
-        finish(engine, writer, status, grace, job, failure)
-    return echo_summary(cfg, job, summary, echo)
+            job.specs = install_for(job, engine, cfg)
+        except BaseException:
+            self.comm.bcast(None, root=0)  # workers leave before setup: nothing to undo
+            raise
+        self.hosts = engine.setup(job.specs, job.block_specs)
+        job.gc.freeze()  # model, weights, codes: never scanned again
+        job.usage = Usage()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.engine.say_farewell()  # last: a worker leaves as soon as it has heard it
+
+    def serve_and_report(self) -> int:
+        """Serve the requests into the trace, stop the workers, print the summary."""
+        writer, status, summary, failure = None, "failed", RunSummary(), None
+        try:
+            writer = self.open_trace()
+            self.record_plans(writer)
+            serving = Serving(self.cfg, self.job, self.engine, writer, self.echo, self.signalled)
+            summary = serving.serve()
+            status = "complete"
+        except Interrupted as exc:
+            status = f"interrupted: {exc}"
+            if writer is not None:  # mpirun kills ranks ~0.2 s after forwarding SIGTERM
+                writer.mark(status)
+            raise
+        except BaseException as exc:
+            status = f"failed: {type(exc).__name__}: {first_line(exc)}"
+            failure = exc
+            raise
+        finally:
+            grace = INTERRUPTED_SHUTDOWN_S if status.startswith("interrupted") else 60.0
+            self.finish(writer, status, grace, failure)
+        return echo_summary(self.cfg, self.job, summary, self.echo)
+
+    def open_trace(self) -> TraceWriter:
+        """The trace, with --resume the cut-off one past its complete cells."""
+        return open_trace(
+            self.cfg,
+            self.job.path,
+            meta={**provenance(self.comm, self.hosts), **self.meta},
+            num_classes=self.job.num_classes,
+            requests=self.job.requests,
+            plan=run_cells(self.cfg),
+        )
+
+    def record_plans(self, writer: TraceWriter) -> None:
+        """The plans (--k auto/star), into the trace's meta and as lines on the console."""
+        plans = self.job.plans
+        if not plans:
+            return
+        writer.set_meta("plan", [p.to_dict() for p in next(iter(plans.values()))])
+        writer.set_meta(
+            "plans",
+            {
+                f"{method}:m={m}": [p.to_dict() for p in layers]
+                for (method, m), layers in plans.items()
+            },
+        )
+        for key, layers in plans.items():
+            for line in plan_lines(self.cfg, key, layers):
+                self.echo(line)
+
+    def finish(
+        self,
+        writer: TraceWriter | None,
+        status: str,
+        grace: float,
+        failure: BaseException | None = None,
+    ) -> None:
+        """Stop the workers, store what they report (and the error that ended the run),
+        and close the file with its status.
+
+        Workers that never answer make ShutdownTimeout, raised after the file is closed
+        (the caller aborts the job)."""
+        engine = self.engine
+        logs, stuck = [], None
+        try:
+            logs = engine.shutdown(grace)
+        except ShutdownTimeout as exc:
+            stuck = exc
+        try:
+            if writer is not None:
+                engine.poll_late()
+                _, late_rows = engine.take_rows()
+                writer.append("subtasks", late_rows)
+                final = [
+                    (r, log["rank"], send_s) for log in logs for r, _row, send_s in log["sends"]
+                ]
+                self.job.sends.write(writer, engine.take_sends() + final, last=True)
+                writer.set_meta(
+                    "workers", [{k: v for k, v in log.items() if k != "sends"} for log in logs]
+                )
+                writer.set_meta("reliability", reliability_meta(engine, failure))
+                for key, value in master_meta(self.job).items():
+                    writer.set_meta(key, value)
+        finally:
+            if writer is not None:
+                writer.close(status)
+        if stuck is not None:
+            raise stuck
 
 
 def first_line(exc: BaseException) -> str:
     """The status keeps one line: a WorkerError's stack goes to reliability.worker_error."""
     return str(exc).partition("\n")[0]
-
-
-def finish(
-    engine: MasterEngine,
-    writer: TraceWriter | None,
-    status: str,
-    grace: float,
-    job: MasterJob | None = None,
-    failure: BaseException | None = None,
-) -> None:
-    """Stop the workers, store what they report (and the error that ended the run), and
-    close the file with its status.
-
-    Workers that never answer make ShutdownTimeout, raised after the file is closed
-    (the caller aborts the job)."""
-    logs, stuck = [], None
-    try:
-        logs = engine.shutdown(grace)
-    except ShutdownTimeout as exc:
-        stuck = exc
-    try:
-        if writer is not None:
-            engine.poll_late()
-            _, late_rows = engine.take_rows()
-            writer.append("subtasks", late_rows)
-            final = [(r, log["rank"], send_s) for log in logs for r, _row, send_s in log["sends"]]
-            sends = job.sends if job is not None else SendTimes()
-            sends.write(writer, engine.take_sends() + final, last=True)
-            writer.set_meta(
-                "workers", [{k: v for k, v in log.items() if k != "sends"} for log in logs]
-            )
-            writer.set_meta("reliability", reliability_meta(engine, failure))
-            if job is not None:
-                for key, value in master_meta(job).items():
-                    writer.set_meta(key, value)
-    finally:
-        if writer is not None:
-            writer.close(status)
-    if stuck is not None:
-        raise stuck

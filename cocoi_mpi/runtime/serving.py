@@ -1,11 +1,12 @@
-"""Serving the requests: the loop over every cell (coded forward, the check against
-the local forward, one trace flush per request), the rows it writes, the lines it
-prints, and the closing summary.
+"""Serving the requests: the loop over every cell (:class:`Serving`: coded forward,
+the check against the local forward, one trace flush per request), the rows it writes,
+the lines it prints, and the closing summary.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,79 +27,97 @@ if TYPE_CHECKING:
     from .prepare import MasterJob
 
 
-def serve(
-    cfg: RunConfig,
-    job: MasterJob,
-    engine: MasterEngine,
-    writer: TraceWriter,
-    echo: Callable,
-    signalled: SignalFlag,
-) -> RunSummary:
-    """The request loop over every cell: coded forward, check, one flush per request.
+@dataclass
+class Serving:
+    """The request loop of one run, with what each of its steps uses: the options, the
+    prepared job, the engine, the open trace, how to print, and whether a signal came."""
 
-    On a terminal one bar covers every request of every cell (postfix: the cell and the
-    last latency); elsewhere one line per request (see cocoi_mpi.experiment.progress)."""
-    plan = run_cells(cfg)
-    skip = resume_at(writer, engine, echo)  # cells a cut-off trace holds (--resume)
-    with (
-        progress((len(plan) - skip) * job.requests, cfg.model, cfg.quiet, unit="req") as bar,
-        job.gc.serving(),
-    ):
-        return serve_cells(cfg, job, engine, writer, echo, signalled, plan, bar, skip)
+    cfg: RunConfig
+    job: MasterJob
+    engine: MasterEngine
+    writer: TraceWriter
+    echo: Callable
+    signalled: SignalFlag
 
+    def serve(self) -> RunSummary:
+        """The request loop over every cell: coded forward, check, one flush per request.
 
-def serve_cells(
-    cfg: RunConfig,
-    job: MasterJob,
-    engine: MasterEngine,
-    writer: TraceWriter,
-    echo: Callable,
-    signalled: SignalFlag,
-    plan: list[Cell],
-    bar: tqdm,
-    skip: int = 0,
-) -> RunSummary:
-    """serve's loop; the bar (live or disabled) advances once per request. The first
-    ``skip`` cells are in the trace already: request ids go on after theirs."""
-    summary, sends = RunSummary(), job.sends
-    total = len(plan) * job.requests
-    first = skip * job.requests
-    # Sweeps repeat their inputs in every cell: keep each local forward. One cell
-    # never repeats one: keep none (a long run's master stays flat).
-    references: dict[int, torch.Tensor] | None = {} if len(plan) - skip > 1 else None
-    for cell in plan[skip:]:
-        configure_cell(cfg, job, engine, cell)
-        for i in range(job.requests):
-            if (signame := signalled.name()) is not None:
-                raise Interrupted(f"stopped by {signame}")
-            job.gc.begin()  # no automatic collection until the request is written
-            x = job.input_for(i)
-            ref = reference(cfg, job, engine, i, references)
-            req = first + summary.requests
-            engine.begin_request(req, fault_request=i)
-            engine.poll_late()
-            t0 = engine.now()
-            with torch.no_grad():
-                logits = job.model(x)
-            t1 = engine.now()
-            rounds, subtasks = engine.take_rows()
-            row = request_row(cfg, cell, req, t0, t1, logits, ref, rounds)
-            if job.labels is not None:
-                row["label"] = int(job.labels[i % len(job.labels)])
-            row["master_rss_mb"] = resident_mb()
-            writer.append("rounds", rounds)
-            writer.append("subtasks", subtasks)
-            sends.write(writer, engine.take_sends())
-            writer.append("requests", [row])
-            writer.append_logits(logits[0].numpy())
-            writer.flush()
-            job.gc.end()  # the collection that is due runs here, between requests, timed
-            summary.add(row)
-            bar.set_postfix_str(cell_postfix(row), refresh=False)
-            bar.update(1)
-            if not cfg.quiet:
-                echo_line(bar, echo, progress_line(total, row))
-    return summary
+        On a terminal one bar covers every request of every cell (postfix: the cell and
+        the last latency); elsewhere one line per request (see
+        cocoi_mpi.experiment.progress)."""
+        cfg, job = self.cfg, self.job
+        plan = run_cells(cfg)
+        skip = resume_at(self.writer, self.engine, self.echo)  # cells a cut-off trace holds
+        with (
+            progress((len(plan) - skip) * job.requests, cfg.model, cfg.quiet, unit="req") as bar,
+            job.gc.serving(),
+        ):
+            return self.serve_cells(plan, bar, skip)
+
+    def serve_cells(self, plan: list[Cell], bar: tqdm, skip: int = 0) -> RunSummary:
+        """serve's loop; the bar (live or disabled) advances once per request. The first
+        ``skip`` cells are in the trace already: request ids go on after theirs."""
+        summary, job = RunSummary(), self.job
+        total = len(plan) * job.requests
+        first = skip * job.requests
+        # Sweeps repeat their inputs in every cell: keep each local forward. One cell
+        # never repeats one: keep none (a long run's master stays flat).
+        references: dict[int, torch.Tensor] | None = {} if len(plan) - skip > 1 else None
+        for cell in plan[skip:]:
+            configure_cell(self.cfg, job, self.engine, cell)
+            for i in range(job.requests):
+                if (signame := self.signalled.name()) is not None:
+                    raise Interrupted(f"stopped by {signame}")
+                row = self.serve_request(cell, i, first + summary.requests, references)
+                summary.add(row)
+                bar.set_postfix_str(cell_postfix(row), refresh=False)
+                bar.update(1)
+                if not self.cfg.quiet:
+                    echo_line(bar, self.echo, progress_line(total, row))
+        return summary
+
+    def serve_request(
+        self, cell: Cell, i: int, req: int, references: dict[int, torch.Tensor] | None
+    ) -> dict:
+        """Request ``req`` (input i of the cell): the coded forward, its rows into the
+        trace, one flush; returns its row of the requests table."""
+        job, engine, writer = self.job, self.engine, self.writer
+        job.gc.begin()  # no automatic collection until the request is written
+        x = job.input_for(i)
+        ref = self.reference(i, references)
+        engine.begin_request(req, fault_request=i)
+        engine.poll_late()
+        t0 = engine.now()
+        with torch.no_grad():
+            logits = job.model(x)
+        t1 = engine.now()
+        rounds, subtasks = engine.take_rows()
+        row = request_row(self.cfg, cell, req, t0, t1, logits, ref, rounds)
+        if job.labels is not None:
+            row["label"] = int(job.labels[i % len(job.labels)])
+        row["master_rss_mb"] = resident_mb()
+        writer.append("rounds", rounds)
+        writer.append("subtasks", subtasks)
+        job.sends.write(writer, engine.take_sends())
+        writer.append("requests", [row])
+        writer.append_logits(logits[0].numpy())
+        writer.flush()
+        job.gc.end()  # the collection that is due runs here, between requests, timed
+        return row
+
+    def reference(self, i: int, cache: dict[int, torch.Tensor] | None) -> torch.Tensor | None:
+        """The local forward of input i; kept in ``cache`` (if given) for the next cell."""
+        if not self.cfg.check:
+            return None
+        job = self.job
+        key = i % len(job.inputs)
+        if cache is not None and key in cache:
+            return cache[key]
+        with torch.no_grad(), self.engine.local_only():
+            ref = job.model(job.input_for(i))
+        if cache is not None:
+            cache[key] = ref
+        return ref
 
 
 def cell_postfix(row: dict) -> str:
@@ -107,26 +126,6 @@ def cell_postfix(row: dict) -> str:
         f"{row['scheme']}, scenario {row['scenario']}, level {row['level']:g}, "
         f"rep {row['repetition']}: {row['latency']:.3f} s"
     )
-
-
-def reference(
-    cfg: RunConfig,
-    job: MasterJob,
-    engine: MasterEngine,
-    i: int,
-    cache: dict[int, torch.Tensor] | None,
-) -> torch.Tensor | None:
-    """The local forward of input i; kept in ``cache`` (if given) for the next cell."""
-    if not cfg.check:
-        return None
-    key = i % len(job.inputs)
-    if cache is not None and key in cache:
-        return cache[key]
-    with torch.no_grad(), engine.local_only():
-        ref = job.model(job.input_for(i))
-    if cache is not None:
-        cache[key] = ref
-    return ref
 
 
 def request_row(
