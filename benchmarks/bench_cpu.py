@@ -95,11 +95,18 @@ def probe(outdir: str, argv: list[str]) -> None:
         record["compute_s"] += wall
         record["compute_cpu_s"] += cpu
 
-    from cocoi_mpi.runtime import job, worker
+    from cocoi_mpi.runtime import worker
 
     worker.WorkerLoop.serve = timed(worker.WorkerLoop.serve, loop_done, loop=True)
     worker.compute = timed(worker.compute, computed)
-    job.serve = timed(job.serve, loop_done, loop=True)
+    try:  # the master's request loop, runtime/serving.py's Serving since job.py's split
+        from cocoi_mpi.runtime.serving import Serving
+
+        Serving.serve = timed(Serving.serve, loop_done, loop=True)
+    except ImportError:  # a --before checkout from before the split
+        from cocoi_mpi.runtime import job
+
+        job.serve = timed(job.serve, loop_done, loop=True)
     record["code"] = str(Path(worker.__file__).resolve().parents[2])
 
     def dump() -> None:

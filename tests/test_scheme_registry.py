@@ -134,6 +134,10 @@ def test_engine_refuses_an_unknown_scheme_by_name():
         "cocoi_mpi.experiment.config",
         "cocoi_mpi.experiment.summary",
         "cocoi_mpi.runtime.job",
+        "cocoi_mpi.runtime.plans",
+        "cocoi_mpi.runtime.prepare",
+        "cocoi_mpi.runtime.serving",
+        "cocoi_mpi.runtime.trace_meta",
     ],
 )
 def test_no_scheme_name_is_compared_outside_the_registry(module):
@@ -215,10 +219,20 @@ def test_learned_cells_run_convs_outside_coded_blocks_on_the_master(lenet_with_f
 
 
 class SweepEngine(LocalEngine):
-    """LocalEngine with what the job's cell set-up also calls on the MPI master."""
+    """LocalEngine with what the MPI master is given (the codecs) and does per cell
+    (MasterEngine.configure itself, which the job's cell set-up calls)."""
+
+    def __init__(self, n: int, k: int, codecs: dict):
+        super().__init__(n, k)
+        self.codecs = codecs
 
     def set_scenario(self, scenario, fault_seed: int) -> None:
         self.scenario = scenario
+
+    def configure(self, *args) -> None:
+        from cocoi_mpi.runtime.master import MasterEngine
+
+        MasterEngine.configure(self, *args)
 
 
 def test_mixed_learned_and_exact_sweep_serves_every_request_exactly(
@@ -227,7 +241,8 @@ def test_mixed_learned_and_exact_sweep_serves_every_request_exactly(
     """The job's own set-up (install_for, run_cells, configure_cell) and request loop,
     with in-process workers: 2 repetitions x 3 schemes x 2 requests, none refused."""
     from cocoi_mpi.experiment.config import RunConfig
-    from cocoi_mpi.runtime.job import MasterJob, configure_cell, install_for, run_cells
+    from cocoi_mpi.runtime.plans import configure_cell, install_for, learned_codecs, run_cells
+    from cocoi_mpi.runtime.prepare import MasterJob
 
     model, cb = lenet_with_first_block_coded
     cfg = RunConfig(
@@ -239,7 +254,7 @@ def test_mixed_learned_and_exact_sweep_serves_every_request_exactly(
     )
     inputs = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(1))
     job = MasterJob(copy.deepcopy(model), inputs, 10, blocks=[cb], requests=len(inputs))
-    engine = SweepEngine(n=3, k=2)
+    engine = SweepEngine(n=3, k=2, codecs=learned_codecs(job.blocks))
     job.specs = install_for(job, engine, cfg)
     assert [spec.name for spec in job.specs] == ["features.3"]
     served: dict[str, set[str]] = {}

@@ -44,7 +44,7 @@ def cleanup() -> None:
 @click.command()
 def info() -> None:
     """Versions of python, torch, mpi4py, the MPI library (ULFM?), h5py and HDF5."""
-    from ..runtime.job import versions
+    from ..runtime.provenance import versions
 
     for key, value in versions().items():
         click.echo(f"{key:12s} {value}")

@@ -97,7 +97,8 @@ def settle_resume(cfg, world, rank: int) -> int | None:
 def resume_verdict(cfg) -> tuple[int | None, list[str], str]:
     """(exit code or None, lines to print, error message) for settle_resume."""
     from ..experiment.resume import ResumeError, check_resume
-    from ..runtime.job import output_path, run_cells
+    from ..runtime.plans import run_cells
+    from ..runtime.prepare import output_path
 
     try:
         code, lines = check_resume(cfg, output_path(cfg), run_cells(cfg))

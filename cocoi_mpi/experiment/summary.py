@@ -61,7 +61,7 @@ class RunSummary:
     accuracy: dict[str, Accuracy] = field(default_factory=dict)
 
     def add(self, row: dict) -> None:
-        """Fold in one request row (runtime.job.request_row)."""
+        """Fold in one request row (runtime.serving.request_row)."""
         self.requests += 1
         latency = row["latency"]
         self.latency_sum += latency

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -105,13 +105,18 @@ class MasterEngine(Transport, Ending, Engine):
         round_timeout: float | None = None,
         crashes: Sequence[Crash] = (),
         interrupted: Callable[[], str | None] = lambda: None,
+        layer_timeouts: Mapping[str, float] | None = None,
+        codecs: Mapping[str, Scheme] | None = None,
+        on_shortfall: str = "local",
     ):
         super().__init__(len(workers), k, code, systematic, clock=MPI.Wtime, scheme=scheme)
         self.comm, self.workers = comm, list(workers)
         self.seed = seed
         self.faults = FaultModel(scenario or Scenario(), self.workers, seed, silent)
         self.round_timeout = round_timeout  # seconds; None waits as long as it takes
-        self.layer_timeouts: dict[str, float] = {}  # per layer, from the plan (auto)
+        self.layer_timeouts = dict(layer_timeouts or {})  # per layer, from the plan (auto)
+        self.codecs = dict(codecs or {})  # block name -> its learned scheme
+        self.on_shortfall = on_shortfall  # a round that cannot decode: "local" or "error"
         self.crashes = list(crashes)
         self.interrupted = interrupted  # the signal's name once one arrived, else None
         self.late: list[Pending] = []
@@ -143,6 +148,12 @@ class MasterEngine(Transport, Ending, Engine):
         """Change the injected behaviour between requests (sweeps); ``seed`` its faults."""
         seed = self.seed if seed is None else seed
         self.faults = FaultModel(scenario, self.workers, seed, self.faults.silent)
+
+    def configure(self, scheme, k: int, scenario, fault_seed: int, planned=None, active=None):
+        """One sweep cell: scheme, k, faults, the plan's k per layer, proxies that distribute."""
+        self.use(scheme, k)
+        self.set_scenario(scenario, fault_seed)
+        self.planned, self.active = planned or {}, active
 
     def setup(self, specs: Sequence[ConvSpec], blocks: Sequence[BlockSpec] = ()) -> list[str]:
         """Give every worker the type-1 convs (metadata by bcast, weights as raw Bcast)
