@@ -13,6 +13,12 @@ from __future__ import annotations
 
 from enum import IntEnum, StrEnum
 
+# The two scheme names the analysis compares (both in codes.registry; tests check it):
+# every reduction is against the uncoded baseline, as in the paper's figures, and
+# Fig. 5 sets CoCoI's per-layer split beside it.
+BASELINE_SCHEME = "uncoded"
+PAPER_SCHEME = "cocoi"
+
 
 class Status(StrEnum):
     """A subtask row's status in the trace's ``subtasks`` table.

@@ -273,3 +273,12 @@ def test_mixed_learned_and_exact_sweep_serves_every_request_exactly(
             served.setdefault(cell.name, set()).update(row["layer"] for row in rounds)
     assert requests == 12
     assert served == {"learned": {"features.0"}, "cocoi": {"features.3"}, "uncoded": {"features.3"}}
+
+
+def test_the_schemes_the_analysis_compares_are_registered():
+    """analysis/ and the simulator name the baseline and the paper's scheme through
+    statuses.py (they cannot import the torch-backed registry): both must exist."""
+    from cocoi_mpi.statuses import BASELINE_SCHEME, PAPER_SCHEME
+
+    assert scheme_info(BASELINE_SCHEME).exact and scheme_info(PAPER_SCHEME).exact
+    assert scheme_info(PAPER_SCHEME).plannable and not scheme_info(BASELINE_SCHEME).plannable

@@ -174,3 +174,9 @@ def test_cli_simulate_model_layer():
         main, ["simulate", "--model", "lenet5", "--layer", "nonesuch", "--samples", "5"]
     )
     assert bad.exit_code == 2 and "no conv" in bad.output
+
+
+def test_every_simulated_scheme_has_one_simulator():
+    from cocoi_mpi.latency.simulate import SCHEMES, SIMULATORS
+
+    assert tuple(SIMULATORS) == SCHEMES

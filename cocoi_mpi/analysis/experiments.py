@@ -10,6 +10,7 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..statuses import BASELINE_SCHEME
 from ..traces.reader import Trace
 
 
@@ -38,7 +39,7 @@ def scheme_stats(trace: Trace) -> list[dict]:
                 p95=float(np.percentile(lat, 95)),
             )
         )
-    base = {(r["scenario"], r["level"]): r["mean"] for r in rows if r["scheme"] == "uncoded"}
+    base = {(r["scenario"], r["level"]): r["mean"] for r in rows if r["scheme"] == BASELINE_SCHEME}
     for r in rows:
         ref = base.get((r["scenario"], r["level"]))
         r["reduction"] = (1.0 - r["mean"] / ref) if ref else float("nan")

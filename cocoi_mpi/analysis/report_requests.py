@@ -8,6 +8,7 @@ import math
 
 import numpy as np
 
+from ..statuses import BASELINE_SCHEME, PAPER_SCHEME
 from ..traces.reader import Trace
 from .experiments import layer_split, scheme_stats
 from .report_format import _clip, _fmt, _mean, _table
@@ -73,7 +74,7 @@ def _request_lines(trace: Trace) -> list[str]:
 
 def _split_lines(trace: Trace) -> list[str]:
     """Fig. 5: per layer, CoCoI's and uncoded's time and the encode+decode part of it."""
-    rows = [r for r in layer_split(trace) if r["scheme"] in ("cocoi", "uncoded")]
+    rows = [r for r in layer_split(trace) if r["scheme"] in (PAPER_SCHEME, BASELINE_SCHEME)]
     if len({r["scheme"] for r in rows}) < 2:
         return []
     table = [

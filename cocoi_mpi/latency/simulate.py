@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..experiment import scenarios
+from ..statuses import BASELINE_SCHEME
 from .counts import LayerShape
 from .model import k_circ
 from .profile import Profile, ShiftExp
@@ -108,30 +109,56 @@ def simulate(
     rng = np.random.default_rng(seed)
     results = []
     for name in schemes:
-        if name == "cocoi":
-            kk = k if k is not None else _default_k(shape, n, profile, m, relaxed)
-            _check_k(shape, kk, m, n, relaxed)
-            draws = sim_cocoi(shape, n, kk, m, profile, sc, samples, rng, relaxed)
-            detail = f"m={m}, r={n - kk}"
-        elif name == "uncoded":
-            kk = n
-            _check_k(shape, kk, 1, n, relaxed)
-            draws = sim_uncoded(shape, n, profile, sc, samples, rng, relaxed)
-            detail = "all n"
-        elif name == "replication":
-            kk = n // 2
-            _check_k(shape, kk, 1, n, relaxed)
-            draws = sim_replication(shape, n, profile, sc, samples, rng, relaxed)
-            detail = "2 copies"
-        else:
-            kk = lt_k if lt_k is not None else _default_k(shape, n, profile, 1, relaxed)
-            _check_k(shape, kk, 1, 10**9, relaxed)
-            draws = sim_lt(shape, n, kk, profile, sc, samples, rng, relaxed, lt_extra)
-            detail = f"s={lt_symbols_per_worker(kk, n, lt_extra)}/worker"
+        kk, draws, detail = SIMULATORS[name](
+            _Draw(shape, n, profile, sc, samples, rng, relaxed), k, m, lt_k, lt_extra
+        )
         results.append(
             SimResult(name, kk, float(draws.mean()), float(np.percentile(draws, 95)), draws, detail)
         )
     return results
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """What every scheme's simulation draws from."""
+
+    shape: LayerShape
+    n: int
+    profile: Profile
+    scenario: Scenario
+    samples: int
+    rng: np.random.Generator
+    relaxed: bool
+
+
+def _cocoi(d: _Draw, k, m, lt_k, lt_extra) -> tuple[int, np.ndarray, str]:
+    kk = k if k is not None else _default_k(d.shape, d.n, d.profile, m, d.relaxed)
+    _check_k(d.shape, kk, m, d.n, d.relaxed)
+    draws = sim_cocoi(d.shape, d.n, kk, m, d.profile, d.scenario, d.samples, d.rng, d.relaxed)
+    return kk, draws, f"m={m}, r={d.n - kk}"
+
+
+def _uncoded(d: _Draw, k, m, lt_k, lt_extra) -> tuple[int, np.ndarray, str]:
+    _check_k(d.shape, d.n, 1, d.n, d.relaxed)
+    draws = sim_uncoded(d.shape, d.n, d.profile, d.scenario, d.samples, d.rng, d.relaxed)
+    return d.n, draws, "all n"
+
+
+def _replication(d: _Draw, k, m, lt_k, lt_extra) -> tuple[int, np.ndarray, str]:
+    _check_k(d.shape, d.n // 2, 1, d.n, d.relaxed)
+    draws = sim_replication(d.shape, d.n, d.profile, d.scenario, d.samples, d.rng, d.relaxed)
+    return d.n // 2, draws, "2 copies"
+
+
+def _lt(d: _Draw, k, m, lt_k, lt_extra) -> tuple[int, np.ndarray, str]:
+    kk = lt_k if lt_k is not None else _default_k(d.shape, d.n, d.profile, 1, d.relaxed)
+    _check_k(d.shape, kk, 1, 10**9, d.relaxed)
+    draws = sim_lt(d.shape, d.n, kk, d.profile, d.scenario, d.samples, d.rng, d.relaxed, lt_extra)
+    return kk, draws, f"s={lt_symbols_per_worker(kk, d.n, lt_extra)}/worker"
+
+
+# The simulator's schemes (the latency model's, with one LT): name -> (k, draws, detail).
+SIMULATORS = {"cocoi": _cocoi, "uncoded": _uncoded, "replication": _replication, "lt": _lt}
 
 
 def _default_k(shape: LayerShape, n: int, profile: Profile, m: int, relaxed: bool) -> int:
@@ -148,7 +175,7 @@ def _check_k(shape: LayerShape, k: int, m: int, n: int, relaxed: bool) -> None:
 def format_results(results: Sequence[SimResult], markdown: bool = False) -> str:
     """The `cocoi simulate` table: scheme, k, mean and p95 latency."""
     head = ["scheme", "k", "mean s", "p95 s", "reduction vs uncoded", "detail"]
-    base = next((r.mean for r in results if r.scheme == "uncoded"), None)
+    base = next((r.mean for r in results if r.scheme == BASELINE_SCHEME), None)
     rows = []
     for r in results:
         # the same sign as `cocoi report`: positive = faster than uncoded
