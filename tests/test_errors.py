@@ -173,11 +173,11 @@ def group_with(raise_: BaseException) -> click.Group:
 
     @click.group(cls=CocoiGroup)
     def top() -> None:
-        pass
+        """The top group: no work of its own."""
 
     @top.group()
     def sub() -> None:
-        pass
+        """A sub-group, as `cocoi testbed`."""
 
     @sub.command()
     def go() -> None:
