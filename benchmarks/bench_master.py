@@ -10,9 +10,10 @@ are timed on the conv's real input (captured with forward hooks):
 - split:  ``ConvRound.subtask_input(i)`` for the k systematic subtasks;
 - encode: ``subtask_input(k)``, which makes the n-k parity inputs in one product;
 - decode: ``LinearCode.decode_missing`` with e source outputs missing;
-- merge:  ``Assembly.finish`` with the k systematic outputs: every piece placed into
-          the layer output, then the bias added in one pass (what the master does
-          when nothing is missing, its few microseconds of decode bookkeeping included).
+- merge:  ``Assembly.finish`` with the k systematic outputs: every piece copied into
+          the layer output (what the master does when nothing is missing and no reply
+          was received in place, its few microseconds of decode bookkeeping included;
+          the workers add the bias).
 
 Each phase is the median of ``--reps`` runs after one warm-up, on one torch thread,
 in the thread's CPU time (``--clock wall`` for wall time: on a shared machine that
@@ -143,7 +144,10 @@ def make_sources(round_: ConvRound, k: int) -> ConvRound:
 
 def worker_outputs(layer: Layer, round_: ConvRound, n: int) -> dict[int, torch.Tensor]:
     """What the n workers would return: each subtask input convolved once (untimed)."""
-    return {i: worker_conv(layer.spec, round_.subtask_input(i)) for i in range(n)}
+    code = round_.code
+    return {
+        i: worker_conv(layer.spec, round_.subtask_input(i), code.bias_scales(i)) for i in range(n)
+    }
 
 
 def arrived(outputs: dict[int, torch.Tensor], k: int, e: int) -> tuple[dict, list[int]]:
@@ -160,8 +164,8 @@ def decode_seconds(code: LinearCode, outputs: dict[int, torch.Tensor], e: int, r
 
 
 def merge_all(assembly: Assembly, code: LinearCode, outputs: dict[int, torch.Tensor]) -> None:
-    """The whole merge of a round with nothing missing: place the k source outputs,
-    then the bias pass, through the same ``finish`` the master calls."""
+    """The whole merge of a round with nothing missing: place the k source outputs
+    through the same ``finish`` the master calls."""
     assembly.finish(code, {i: outputs[i] for i in range(code.k)})
 
 
@@ -194,11 +198,10 @@ def time_layer(
     for e in missing:
         row.time[f"decode e={e}"] = decode_seconds(code, outputs, e, reps)
     out_shape = conv_output_shape(spec, x, round_.split)
-    bias = layer.conv.bias
     row.time["merge"] = median_seconds(
         lambda a: merge_all(a, code, outputs),
         reps,
-        lambda: Assembly(round_.split, out_shape, bias, x.dtype),
+        lambda: Assembly(round_.split, out_shape, x.dtype),
     )
     piece_in = round_.buffer[0].numel() * FLOAT_BYTES
     piece_out = outputs[0].numel() * FLOAT_BYTES

@@ -389,3 +389,31 @@ def test_stable_beyond_the_table_is_searched_and_mds():
     gen = stable_generator(n, k)
     for rows in itertools.combinations(range(n), k):
         assert np.linalg.cond(gen[list(rows)]) < 1e4
+
+
+@pytest.mark.parametrize("name", sorted(CODES))
+@pytest.mark.parametrize("systematic", [False, True])
+def test_bias_scales_are_the_encoding_row_sums(name, systematic):
+    """A worker adds bias_scales(i)[p] times the bias to piece p of subtask i: the sum
+    of that piece's generator row, so the coded outputs are the code's combination of
+    biased pieces; a source piece carried unchanged gets exactly 1."""
+    code = make_code(name, 10, 7, systematic)
+    m = code.pieces_per_task
+    for i in range(code.n):
+        rows = code.generator[i * m : (i + 1) * m]
+        want = torch.tensor(rows.sum(axis=1), dtype=torch.float32)
+        got = torch.tensor(code.bias_scales(i))
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+        if code.sources_of(i) is not None:
+            assert code.bias_scales(i) == (1.0,) * m
+
+
+def test_lt_bias_scales_are_each_symbols_degree():
+    from cocoi_mpi.codes import LTCode
+
+    code = LTCode(10, 8, seed=3)
+    ones = torch.ones(code.k, 1, 1, 1)
+    for i in (0, 5, 9, 14, 30):  # streaming symbols past n too
+        degree = float(code.subtask_input(ones, i).sum())
+        assert code.bias_scales(i) == (degree,)
+        assert degree == int(degree) >= 1

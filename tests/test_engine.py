@@ -13,6 +13,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from cocoi_mpi.engine.core import LocalEngine
@@ -602,7 +603,7 @@ def test_assembly_places_pieces_bit_for_bit(dtype, width, k):
     want = torch.cat(list(pieces), dim=2)[:, :, :width].unsqueeze(0)
     for strided in (False, True):
         outputs = [torch.cat([p, p], dim=2)[..., :w] if strided else p for p in pieces]
-        assembly = Assembly(split, (1, 6, 3, width), None, dtype)
+        assembly = Assembly(split, (1, 6, 3, width), dtype)
         assembly.place(0, outputs[0])  # as a decoded piece is placed
         for index in range(1, k):
             assembly.place_subtask(code, index, outputs[index].unsqueeze(0))
@@ -625,3 +626,42 @@ def test_decode_without_stacking_matches_the_stacked_product(monkeypatch, e):
     monkeypatch.setattr(linear, "STACK_BYTES", 0)
     summed = linear.combine_outputs(coef, blocks)
     torch.testing.assert_close(summed, stacked, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("scales", [(1.0,), (2.5,), (1.0, -0.75), (0.0, 0.0)])
+def test_worker_conv_adds_the_bias_scaled_per_piece(scales):
+    """Piece p of a subtask gets scales[p] times the bias, fused into the conv when all
+    pieces share one scale: the same as convolving without bias and adding it."""
+    from cocoi_mpi.geometry.conv import conv_spec, worker_conv
+
+    gen = torch.Generator().manual_seed(len(scales))
+    conv = nn.Conv2d(3, 5, 3, padding=1)
+    spec = conv_spec(0, "c", conv)
+    x = torch.randn(len(scales), 3, 6, 7, generator=gen)
+    with torch.no_grad():
+        plain = F.conv2d(F.pad(x, (0, 0, 1, 1)), conv.weight)
+        want = plain + torch.tensor(scales).view(-1, 1, 1, 1) * conv.bias.view(1, -1, 1, 1)
+        torch.testing.assert_close(worker_conv(spec, x, scales), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(worker_conv(spec, x), plain, rtol=1e-5, atol=1e-6)
+
+
+def test_coded_outputs_carry_the_codes_combination_of_biased_pieces():
+    """The property decoding relies on: a parity worker's output, with its bias scale,
+    equals the generator row applied to the biased source outputs."""
+    from cocoi_mpi.codes.linear import LinearCode
+    from cocoi_mpi.geometry.conv import conv_spec, worker_conv
+
+    gen = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(4, 6, 3)
+    with torch.no_grad():
+        conv.bias.normal_(0, 3.0, generator=gen)
+    spec = conv_spec(0, "c", conv)
+    code = LinearCode(10, 7)
+    pieces = torch.randn(7, 4, 5, 6, generator=gen)
+    coded = code.encode(pieces)
+    with torch.no_grad():
+        biased = torch.stack([worker_conv(spec, p.unsqueeze(0), (1.0,))[0] for p in pieces])
+        for i in range(code.n):
+            got = worker_conv(spec, coded[i], code.bias_scales(i))[0]
+            want = torch.tensordot(torch.tensor(code.generator[i], dtype=torch.float32), biased, 1)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

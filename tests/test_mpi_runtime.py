@@ -157,7 +157,7 @@ def test_worker_exception_reaches_master(comm):
         )
         x = torch.randn(1, 8, 11, 22)
         with pytest.raises(WorkerError, match="layer 99"):
-            engine.run_conv(bogus, x, None)
+            engine.run_conv(bogus, x)
 
     run_coded(comm, k=1, requests=1, extra=unknown_layer)
 

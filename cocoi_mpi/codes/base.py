@@ -92,5 +92,18 @@ class Scheme(ABC):
             raise ValueError(f"{self.describe()} has subtasks 0..{self.n - 1}, not {subtask}")
         return self.encode(pieces)[subtask]
 
+    def bias_scales(self, subtask: int) -> tuple[float, ...]:
+        """Per piece of ``subtask``, the sum of its encoding row: what a worker scales
+        the layer's bias by. A coded input sum_i g_i x_i then gives sum_i g_i (conv(x_i)
+        + b), the code's combination of the *biased* source outputs, so decoding needs
+        no bias correction and the master adds none (a source piece's scale is 1).
+        Found by encoding pieces of ones; cached per subtask."""
+        cache = self.__dict__.setdefault("_bias_scales", {})
+        if subtask not in cache:
+            ones = torch.ones(self.source_pieces, 1, 1, 1)
+            rows = self.subtask_input(ones, subtask).reshape(-1)
+            cache[subtask] = tuple(float(v) for v in rows)
+        return cache[subtask]
+
     def describe(self) -> str:
         return f"{self.name}(n={self.n}, k={self.k}, m={self.pieces_per_task})"

@@ -104,25 +104,25 @@ class Engine:
         finally:
             self.bypass = old
 
-    def run_conv(self, spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """One coded round for a type-1 conv, or a local conv when it cannot be split."""
+    def run_conv(self, spec: ConvSpec, x: torch.Tensor) -> torch.Tensor:
+        """One coded round for a type-1 conv, or a local conv when it cannot be split.
+
+        The bias is ``spec.bias`` (the module's own, shared): workers add it."""
         try:
             k = self.layer_k(spec, x.shape[3])
         except NotSplittable:
-            return local_conv(spec, x, bias)
+            return local_conv(spec, x)
         t_start = self.now()
         try:
-            return self._coded_round(spec, x, bias, self.code_for(k))
+            return self._coded_round(spec, x, self.code_for(k))
         except RoundShortfall as exc:
-            return self.fall_back(spec, exc, t_start, lambda: local_conv(spec, x, bias))
+            return self.fall_back(spec, exc, t_start, lambda: local_conv(spec, x))
 
-    def _coded_round(
-        self, spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None, code: Scheme
-    ) -> torch.Tensor:
+    def _coded_round(self, spec: ConvSpec, x: torch.Tensor, code: Scheme) -> torch.Tensor:
         t_start = self.now()
         prep = ConvRound(spec, x, code, alloc=self.alloc, clock=self.now)
         shape = conv_output_shape(spec, x, prep.split)
-        assembly = Assembly(prep.split, shape, bias, x.dtype, clock=self.now)
+        assembly = Assembly(prep.split, shape, x.dtype, clock=self.now)
         counts = flop_counts(spec, x, code)
         return self._run_round(spec, prep, code, assembly, t_start, counts)
 
@@ -270,11 +270,10 @@ class Engine:
         return rounds, subtasks
 
 
-def local_conv(spec: ConvSpec, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+def local_conv(spec: ConvSpec, x: torch.Tensor) -> torch.Tensor:
     """The layer as the model would compute it, on the master."""
     x = F.pad(x, (*spec.pad_w, 0, 0)) if any(spec.pad_w) else x
-    out = worker_conv(spec, x)
-    return out if bias is None else out + bias.view(1, -1, 1, 1)
+    return worker_conv(spec, x, (1.0,))
 
 
 class LocalEngine(Engine):
@@ -291,9 +290,7 @@ class LocalEngine(Engine):
         order = list(self.order) if self.order is not None else list(range(code.n))
         order = [i for i in order if i < code.n]  # narrow layers may use fewer subtasks
         outputs = {
-            i: compute(spec, prep.subtask_input(i), masks_for(spec, prep, i))
-            for i in order
-            if i not in self.silent
+            i: self.subtask_output(spec, prep, code, i) for i in order if i not in self.silent
         }
         issued = code.n
         while not code.decodable(outputs):  # streaming schemes: more symbols until decodable
@@ -304,10 +301,16 @@ class LocalEngine(Engine):
                     f"{code.describe()} cannot decode"
                 )
             issued += 1
-            outputs[j] = worker_conv(spec, prep.subtask_input(j))
+            outputs[j] = self.subtask_output(spec, prep, code, j)
         return Execution(
             outputs=outputs,
             rest=rest_output(spec, prep),
             n_failed=len(self.silent & set(range(code.n))),
             ranks={i: i + 1 for i in outputs},
         )
+
+    @staticmethod
+    def subtask_output(spec, prep, code: Scheme, index: int) -> torch.Tensor:
+        """What the worker would reply for subtask ``index`` (the bias scaled as it is)."""
+        scales = code.bias_scales(index) if isinstance(spec, ConvSpec) else ()
+        return compute(spec, prep.subtask_input(index), masks_for(spec, prep, index), scales)

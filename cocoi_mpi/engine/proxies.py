@@ -31,7 +31,7 @@ class CodedConv(nn.Module):
         engine = self._engine[0]
         if engine.bypass or not self.distributed(engine):
             return self.conv(x)
-        return engine.run_conv(self.spec, x, self.conv.bias)
+        return engine.run_conv(self.spec, x)
 
     def distributed(self, engine: Engine) -> bool:
         """Only schemes that code single convs distribute this one, and of those only

@@ -1,7 +1,8 @@
 """The master's side of a round's outputs: a conv's output filled piece by piece as
 replies arrive (``Assembly``), and the merge of a block's decoded pieces.
 
-Pure torch. The code is linear and bias is not: the bias is added here, once.
+Pure torch. The workers add the bias (scaled by the code, ``Scheme.bias_scales``), so
+the outputs here already carry it and the master makes no bias pass.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class Assembly:
-    """The layer's output, filled piece by piece as outputs arrive, then the bias.
+    """The layer's output, filled piece by piece as outputs arrive.
 
     A subtask that carries source pieces unchanged is placed when it arrives (while
     the master still waits for others); after that only the missing pieces are
@@ -31,7 +32,6 @@ class Assembly:
         self,
         split: LayerSplit,
         out_shape: tuple[int, ...],
-        bias: torch.Tensor | None,
         dtype: torch.dtype,
         clock: Callable[[], float] = time.perf_counter,
     ):
@@ -42,7 +42,6 @@ class Assembly:
         wide = width * self.out.element_size() >= WIDE_ROW_BYTES
         self._out = None if wide else _numpy(self.out)
         self._rows = None if self._out is None else _as_byte_rows(self._out)
-        self.bias = None if bias is None else bias.detach().view(-1, 1, 1)
         self.placed: set[int] = set()
         self.place_s = 0.0
 
@@ -101,8 +100,6 @@ class Assembly:
         rows = self._block_rows(rebuilt) if missing else None
         for slot, piece in enumerate(missing):
             self._place(piece, rebuilt, slot, rows)
-        if self.bias is not None:  # one streaming pass: 4x faster than per narrow piece
-            self.out.add_(self.bias)
         self.place_s += self.clock() - t1
         return used, t1 - t0
 

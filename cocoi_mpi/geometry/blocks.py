@@ -129,8 +129,13 @@ class BlockSpec:
 
     # The coding-unit protocol (subtasks.Unit), answered by ConvSpec too.
 
-    def compute(self, x: torch.Tensor, masks: Sequence[Range] = ()) -> torch.Tensor:
-        """A worker's subtask (``run_block``), masked when it is a systematic piece."""
+    def compute(
+        self, x: torch.Tensor, masks: Sequence[Range] = (), bias_scales: Sequence[float] = ()
+    ) -> torch.Tensor:
+        """A worker's subtask (``run_block``), masked when it is a systematic piece.
+
+        A block keeps its biases inside its layers (its code is learned, not linear):
+        ``bias_scales`` is for convs and is not used here."""
         return run_block(self, x, masks)
 
     def masks_for(self, prep: Prepared, index: int) -> tuple[Range, ...]:

@@ -6,9 +6,12 @@ the arithmetic that decides exactness is the same code in tests and in real runs
 The master cuts equal pieces that together cover the whole output width (the last
 one reaches past it and is cropped), copying each piece's input columns straight into
 its subtask's send buffer, with zeros where the layer's padding (or the coverage past
-the edge) is; a worker pads the height itself and convolves without bias. Outputs go
-straight into the layer's output with the bias added on the way (``Assembly``): the
-code is linear and bias is not. No column of a distributed conv runs on the master.
+the edge) is; a worker pads the height itself and convolves. The bias is added by the
+workers, scaled by the subtask's encoding row sums (``Scheme.bias_scales``): a coded
+input sum_i g_i x_i then yields sum_i g_i (conv(x_i) + b), the code's combination of
+the biased pieces, so decoding stays linear and the master never adds a bias. Outputs
+go straight into the layer's output (``Assembly``). No column of a distributed conv
+runs on the master.
 
 This module holds a conv's spec and a worker's subtask; the master's inputs are in
 :mod:`cocoi_mpi.geometry.rounds`, its outputs in :mod:`cocoi_mpi.geometry.assembly`,
@@ -49,6 +52,7 @@ class ConvSpec:
     groups: int
     pad_h: tuple[int, int]  # (top, bottom), applied by the worker
     pad_w: tuple[int, int]  # (left, right), applied by the master before cutting
+    bias: torch.Tensor | None = None  # (C_out,), added by the worker (worker_conv)
 
     @property
     def width_geom(self) -> AxisGeom:
@@ -60,9 +64,14 @@ class ConvSpec:
 
     # The coding-unit protocol (subtasks.Unit), answered by BlockSpec too.
 
-    def compute(self, x: torch.Tensor, masks: Sequence[tuple[int, int]] = ()) -> torch.Tensor:
+    def compute(
+        self,
+        x: torch.Tensor,
+        masks: Sequence[tuple[int, int]] = (),
+        bias_scales: Sequence[float] = (),
+    ) -> torch.Tensor:
         """A worker's subtask (``worker_conv``); a conv's pieces carry no masks."""
-        return worker_conv(self, x)
+        return worker_conv(self, x, bias_scales)
 
     def masks_for(self, prep: ConvRound, index: int) -> tuple[tuple[int, int], ...]:
         return ()
@@ -92,13 +101,26 @@ def conv_spec(layer_id: int, name: str, conv: nn.Conv2d) -> ConvSpec:
         groups=conv.groups,
         pad_h=(top, bottom),
         pad_w=(left, right),
+        bias=None if conv.bias is None else conv.bias.detach(),
     )
 
 
-def worker_conv(spec: ConvSpec, x: torch.Tensor) -> torch.Tensor:
-    """A worker's subtask: (m, C, H, w) coded input -> (m, C_out, H_out, w_out), no bias."""
+def worker_conv(spec: ConvSpec, x: torch.Tensor, bias_scales: Sequence[float] = ()) -> torch.Tensor:
+    """A worker's subtask: (m, C, H, w) coded input -> (m, C_out, H_out, w_out).
+
+    Piece p gets ``bias_scales[p]`` times the layer's bias (none when the scales are
+    empty or the layer has no bias): fused into the conv when every piece's scale is
+    the same, one in-place pass otherwise."""
     x = F.pad(x, (0, 0, *spec.pad_h)) if any(spec.pad_h) else x
-    return F.conv2d(x, spec.weight, None, spec.stride, 0, spec.dilation, spec.groups)
+    scales = tuple(bias_scales) if spec.bias is not None else ()
+    fused = None
+    if scales and len(set(scales)) == 1:
+        fused = spec.bias if scales[0] == 1.0 else spec.bias * scales[0]
+    out = F.conv2d(x, spec.weight, fused, spec.stride, 0, spec.dilation, spec.groups)
+    if scales and fused is None:
+        per_piece = torch.tensor(scales, dtype=out.dtype).view(-1, 1, 1, 1)
+        out.add_(per_piece * spec.bias.view(1, -1, 1, 1))
+    return out
 
 
 def layer_k(spec: ConvSpec, width_in: int, k: int, pieces_per_task: int) -> int:

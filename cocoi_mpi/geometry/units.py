@@ -21,7 +21,9 @@ Range = tuple[int, int]
 class Unit(Protocol):
     """What the runtime asks of a coding unit's spec (ConvSpec and BlockSpec answer it)."""
 
-    def compute(self, x: torch.Tensor, masks: Sequence[Range] = ()) -> torch.Tensor:
+    def compute(
+        self, x: torch.Tensor, masks: Sequence[Range] = (), bias_scales: Sequence[float] = ()
+    ) -> torch.Tensor:
         """A worker's computation on one (m, C, H, w) subtask input."""
         ...
 
@@ -38,9 +40,12 @@ class Unit(Protocol):
         ...
 
 
-def compute(spec: Unit, x: torch.Tensor, masks: Sequence[Range] = ()) -> torch.Tensor:
-    """A worker's computation on one (m, C, H, w) subtask input."""
-    return spec.compute(x, masks)
+def compute(
+    spec: Unit, x: torch.Tensor, masks: Sequence[Range] = (), bias_scales: Sequence[float] = ()
+) -> torch.Tensor:
+    """A worker's computation on one (m, C, H, w) subtask input; a conv adds its bias
+    scaled per piece by ``bias_scales`` (blocks carry their biases inside)."""
+    return spec.compute(x, masks, bias_scales)
 
 
 def masks_for(spec: Unit, prep: ConvRound | Prepared, index: int) -> tuple[Range, ...]:
@@ -54,5 +59,5 @@ def reply_shape(spec: Unit, prep: ConvRound | Prepared, code: Scheme) -> tuple[i
 
 
 def rest_output(spec: Unit, prep: ConvRound | Prepared) -> torch.Tensor | None:
-    """The master's share of the columns (no bias for convs: added after decoding)."""
+    """The master's share of the columns (none for convs)."""
     return spec.rest_output(prep)

@@ -156,7 +156,7 @@ class MasterEngine(Transport, Ending, Engine):
         self.planned, self.active = planned or {}, active
 
     def setup(self, specs: Sequence[ConvSpec], blocks: Sequence[BlockSpec] = ()) -> list[str]:
-        """Give every worker the type-1 convs (metadata by bcast, weights as raw Bcast)
+        """Give every worker the type-1 convs (metadata by bcast, weights and biases as raw Bcast)
         and the learned scheme's conv blocks (pickled layers, one bcast).
 
         Returns the hostnames of all ranks of the communicator, master first.
@@ -172,6 +172,7 @@ class MasterEngine(Transport, Ending, Engine):
                 s.groups,
                 s.pad_h,
                 s.pad_w,
+                s.bias is not None,
             )
             for s in specs
         ]
@@ -190,6 +191,8 @@ class MasterEngine(Transport, Ending, Engine):
                 )
         for spec in specs:
             self.comm.Bcast(np.ascontiguousarray(spec.weight.numpy()), root=0)
+            if spec.bias is not None:
+                self.comm.Bcast(np.ascontiguousarray(spec.bias.numpy()), root=0)
         self.comm.bcast(list(blocks), root=0)
         hosts = self.comm.gather(socket.gethostname(), root=0)
         if self.link is not None:
@@ -270,6 +273,7 @@ class MasterEngine(Transport, Ending, Engine):
             masks_for(rnd.spec, rnd.prep, index),
             crash.kind if crash else "",
             crash.hang_s if crash else 0.0,
+            rnd.code.bias_scales(index) if isinstance(rnd.spec, ConvSpec) else (),
         )
         row = dict(
             request=self.request,

@@ -23,8 +23,6 @@ import textwrap
 import traceback
 from dataclasses import dataclass
 
-import numpy as np
-
 CTRL = 1
 ERROR = 2
 LOG = 3
@@ -65,6 +63,7 @@ class LayerMeta:
     groups: int
     pad_h: tuple[int, int]
     pad_w: tuple[int, int]
+    bias: bool = False  # a bias vector (C_out,) follows the weight
 
 
 @dataclass(frozen=True)
@@ -83,6 +82,7 @@ class Task:
     masks: tuple = ()  # conv block, systematic piece: valid columns before each inner conv
     crash: str = ""  # fault drill (--crash): "kill" SIGKILLs the worker, "exit" exits it,
     hang_s: float = 0.0  # and "hang" makes it unresponsive for hang_s seconds
+    bias_scales: tuple = ()  # per piece, the layer's bias times this (Scheme.bias_scales)
 
 
 @dataclass(frozen=True)
@@ -95,11 +95,6 @@ class Done:
 @dataclass(frozen=True)
 class Stop:
     """Reply 'skipped' to queued tasks, report the log, leave the loop."""
-
-
-def reply_buffer(shape: tuple[int, ...], dtype: str) -> np.ndarray:
-    """A receive buffer for one reply: the flat output followed by the trailer."""
-    return np.empty(int(np.prod(shape)) + len(TRAILER), dtype=dtype)
 
 
 def resident_mb() -> float:

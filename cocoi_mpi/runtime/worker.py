@@ -64,7 +64,7 @@ GC_EVERY = 200  # ... and so does one busy for this many tasks without a pause
 
 def receive_layers(comm: MPI.Comm) -> tuple[dict[int, ConvSpec | BlockSpec], WorkerLink | None]:
     """Setup: layer metadata and the master's liveness address by bcast (then this
-    worker connects to it), each weight as a raw Bcast, then the conv blocks of the
+    worker connects to it), each weight (and bias) as a raw Bcast, then the conv blocks of the
     learned scheme. Raises SetupAborted when the master gave up before set-up."""
     got: tuple[list[LayerMeta], Address | None] | None = comm.bcast(None, root=0)
     if got is None:
@@ -77,6 +77,10 @@ def receive_layers(comm: MPI.Comm) -> tuple[dict[int, ConvSpec | BlockSpec], Wor
     for meta in metas:
         weight = np.empty(meta.weight_shape, dtype=meta.dtype)
         comm.Bcast(weight, root=0)
+        bias = None
+        if meta.bias:
+            bias = np.empty(meta.weight_shape[0], dtype=meta.dtype)
+            comm.Bcast(bias, root=0)
         specs[meta.layer_id] = ConvSpec(
             meta.layer_id,
             meta.name,
@@ -86,6 +90,7 @@ def receive_layers(comm: MPI.Comm) -> tuple[dict[int, ConvSpec | BlockSpec], Wor
             meta.groups,
             meta.pad_h,
             meta.pad_w,
+            None if bias is None else torch.from_numpy(bias),
         )
     blocks: list[BlockSpec] = comm.bcast(None, root=0)
     specs.update({b.block_id: b for b in blocks})
@@ -207,7 +212,7 @@ class WorkerLoop:
                 raise RuntimeError("fault drill: --crash raise")
             with torch.no_grad():
                 x = torch.from_numpy(item.payload)
-                out = compute(self.specs[task.layer_id], x, task.masks)
+                out = compute(self.specs[task.layer_id], x, task.masks, task.bias_scales)
         except Exception as exc:  # reported to the master as data, then the task is closed
             self.report_error(task, exc)
             return self.reply_code(task, SKIPPED)
