@@ -72,7 +72,7 @@ def test_cli_prints_a_row_per_k():
     lines = result.output.strip().splitlines()
     assert lines[0].split()[:3] == ["code", "systematic", "k"]
     assert [line.split()[2] for line in lines[1:]] == [str(k) for k in range(1, 7)]
-    assert all(line.split()[-1] == "ok" for line in lines[1:])
+    assert all(line.split()[-3:-1] == ["ok", "all"] for line in lines[1:])  # verdict, patterns
 
 
 def test_cli_markdown_table():

@@ -382,13 +382,72 @@ def test_stable_table_is_what_the_search_finds():
     np.testing.assert_array_equal(stable_parity(6, 3), search_parity(6, 3))
 
 
-def test_stable_beyond_the_table_is_searched_and_mds():
-    from cocoi_mpi.codes.stable import TABLE_MAX_N, stable_generator
+@pytest.mark.parametrize("n", [*range(1, 20), 24, 32, 33, 48, 64, 65, 100])
+def test_stable_groups_share_the_workers_and_the_pieces(n):
+    """One group up to the shipped table; past it groups of at most GROUP_MAX workers
+    (bigger only as repetition codes, k_g = 1), every piece and worker in one group."""
+    from cocoi_mpi.codes.stable import GROUP_MAX, TABLE_MAX_N, group_subtasks, stable_groups
 
-    n, k = TABLE_MAX_N + 2, 3
-    gen = stable_generator(n, k)
-    for rows in itertools.combinations(range(n), k):
-        assert np.linalg.cond(gen[list(rows)]) < 1e4
+    for k in range(1, n + 1):
+        groups = stable_groups(n, k)
+        assert sum(size for size, _ in groups) == n and sum(p for _, p in groups) == k
+        assert all(1 <= pieces <= size for size, pieces in groups)
+        assert all(size <= GROUP_MAX or pieces == 1 for size, pieces in groups) or n <= TABLE_MAX_N
+        assert len(groups) == 1 or n > TABLE_MAX_N
+        layout = group_subtasks(n, k)
+        assert sorted(i for s, p in layout for i in [*s, *p]) == list(range(n))
+        assert sorted(i for s, _ in layout for i in s) == list(range(k))
+
+
+@pytest.mark.parametrize(("n", "k"), [(16, 8), (20, 15), (32, 24), (64, 48)])
+def test_grouped_stable_decodes_any_loss_its_groups_tolerate(n, k):
+    """Any n_g - k_g lost per group decodes in float32 within 1e-5; one more lost in a
+    group does not decode, whatever the others hold."""
+    code = make_code("stable", n, k)
+    assert len(code.groups) > 1
+    rng = random.Random(n * 100 + k)
+    source = torch.randn(k, 3, 2, 4, generator=torch.Generator().manual_seed(k))
+    coded = code.encode(source)
+    for _ in range(100):
+        kept = []
+        for sources, parities in code.groups:
+            members = [*sources, *parities]
+            kept += rng.sample(members, len(members) - rng.randint(0, len(parities)))
+        rng.shuffle(kept)
+        assert code.decodable(kept)
+        decoded, used = code.decode({i: coded[i] for i in kept})
+        assert set(used) <= set(kept)
+        assert float((decoded - source).abs().max() / source.abs().max()) <= 1e-5
+    sources, parities = code.groups[0]
+    too_few = [i for i in range(n) if i not in [*sources, *parities][: len(parities) + 1]]
+    assert not code.decodable(too_few)
+
+
+def test_grouped_worst_case_is_its_worst_groups():
+    """Exact at any n: the whole code's worst is the worst of its groups' exhaustive
+    worst cases (each group decodes from its own subtasks alone)."""
+    from cocoi_mpi.codes.analysis import decode_errors
+
+    whole = decode_errors("stable", 32, 24, torch.float32)
+    assert whole["method"].startswith("all, per group")
+    groups = make_code("stable", 32, 24).groups
+    alone = [
+        decode_errors("stable", len(s) + len(p), len(s), torch.float32)["worst_error"]
+        for s, p in groups
+    ]
+    assert whole["worst_error"] == max(alone) <= 1e-5
+    assert len(set(whole["worst_subset"])) == len(groups[0][0])
+
+
+def test_unsafe_codes_are_refused_naming_a_safe_one():
+    from cocoi_mpi.codes.safety import UnsafeCode, check_code, largest_safe_k
+
+    assert largest_safe_k("vandermonde", 10, False, 1e-4) == 2
+    with pytest.raises(UnsafeCode, match=r"k=3 .*--code stable .*k <= 2 with --code vandermonde"):
+        check_code("vandermonde", 10, 8, False, 1e-4)
+    check_code("vandermonde", 10, 2, False, 1e-4)
+    check_code("stable", 64, 48, False, 1e-4)
+    assert largest_safe_k("stable", 64, False, 1e-4) == 64
 
 
 @pytest.mark.parametrize("name", sorted(CODES))

@@ -153,3 +153,12 @@ def test_cli_plan_bad_inputs():
     assert runner.invoke(main, ["plan", "--profile", "/no/such.json"]).exit_code == 2
     assert runner.invoke(main, ["plan", "--model", "nonesuch"]).exit_code == 2
     assert runner.invoke(main, ["plan", "--input-shape", "3,x"]).exit_code == 2
+
+
+@pytest.mark.parametrize("method", ["auto", "star", 9])
+def test_the_planner_never_picks_a_k_past_the_codes_safe_limit(method):
+    """k_cap (codes.safety.largest_safe_k): every method plans within it."""
+    free = plan_layer(VGG, 10, pi4_profile(), method=method, samples=2000)
+    capped = plan_layer(VGG, 10, pi4_profile(), method=method, samples=2000, k_cap=2)
+    assert free.k > 2
+    assert capped.k <= 2 and len(capped.L_by_k) == 2

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .base import DecodeError, Scheme
-from .stable import stable_generator
+from .stable import group_subtasks, stable_generator
 
 
 def vandermonde_generator(n: int, k: int) -> np.ndarray:
@@ -118,6 +118,11 @@ class LinearCode(Scheme):
         suffix = "-sys" if systematic and generator not in ALWAYS_SYSTEMATIC else ""
         self.name = generator + suffix
         self.generator = cached_generator(generator, n, k, systematic)
+        # (sources, parities) per group: one group (any k of n) unless stable grouped it
+        self.groups = group_subtasks(n, k) if generator == "stable" else [(range(k), range(k, n))]
+        self._group_of = np.empty(n, dtype=int)
+        for g, (sources, parities) in enumerate(self.groups):
+            self._group_of[list(sources) + list(parities)] = g
         self._inverses: dict[tuple[int, ...], np.ndarray] = {}
         self._torch: dict[tuple, torch.Tensor] = {}
 
@@ -160,13 +165,7 @@ class LinearCode(Scheme):
         work is proportional to len(missing) and nothing is computed when it is empty."""
         if not self.systematic:
             return super().decode_missing(outputs, missing)
-        sources = [i for i in outputs if i < self.k]
-        need = self.k - len(sources)
-        parities = [i for i in outputs if i >= self.k][: max(0, need)]
-        if len(parities) < need:
-            raise DecodeError(f"{self.describe()} needs {self.k} outputs, got {len(outputs)}")
-        chosen = set(sources[: self.k] + parities)
-        used = [i for i in outputs if i in chosen]  # arrival order, for the trace
+        used = self.systematic_used(outputs)
         first = next(iter(outputs.values()))
         if not missing:
             return first.new_empty((0, *first.shape[1:])), used
@@ -174,6 +173,19 @@ class LinearCode(Scheme):
         coef = self._missing_rows(key, tuple(missing), first.dtype)
         rebuilt = combine_outputs(coef, [outputs[i] for i in key])
         return rebuilt.reshape(len(missing), *first.shape[1:]), used
+
+    def systematic_used(self, outputs: Collection[int]) -> list[int]:
+        """The subtasks a systematic decode uses, in arrival order (for the trace): in
+        each group every arrived source, then its earliest parities still needed."""
+        chosen: set[int] = set()
+        for sources, parities in self.groups:
+            have = [i for i in outputs if i in sources]
+            need = len(sources) - len(have)
+            extra = [i for i in outputs if i in parities][: max(0, need)]
+            if len(extra) < need:
+                raise DecodeError(f"{self.describe()} cannot decode from {sorted(outputs)}")
+            chosen.update(have + extra)
+        return [i for i in outputs if i in chosen]
 
     def _systematic_decode(
         self, outputs: Mapping[int, torch.Tensor]
@@ -197,7 +209,11 @@ class LinearCode(Scheme):
         return self._torch[key]
 
     def decodable(self, arrived: Collection[int]) -> bool:
-        return len(arrived) >= self.k
+        """k of the n in an MDS code; k_g of each group's n_g in a grouped one."""
+        if len(self.groups) == 1:
+            return len(arrived) >= self.k
+        counts = np.bincount(self._group_of[list(arrived)], minlength=len(self.groups))
+        return all(counts[g] >= len(src) for g, (src, _) in enumerate(self.groups))
 
     def decode(self, outputs: Mapping[int, torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
         if not self.decodable(outputs):
@@ -229,6 +245,12 @@ class LinearCode(Scheme):
         if subtasks not in self._inverses:
             self._inverses[subtasks] = np.linalg.inv(self.rows(subtasks))
         return self._inverses[subtasks]
+
+    def describe(self) -> str:
+        if len(self.groups) == 1:
+            return super().describe()
+        sizes = " ".join(f"{len(s) + len(p)}/{len(s)}" for s, p in self.groups)
+        return f"{self.name}(n={self.n}, k={self.k}, m=1, {len(self.groups)} groups n/k: {sizes})"
 
     def condition(self, subtasks: tuple[int, ...]) -> float:
         return float(np.linalg.cond(self.rows(subtasks)))

@@ -17,7 +17,16 @@ same objective. Every erasure pattern at n = 10 then decodes in float32 within 3
 
 The search is deterministic. Its results for n <= ``TABLE_MAX_N`` are shipped in
 ``stable_parity.json`` (regenerate with ``python -m cocoi_mpi.codes.stable``), so a job
-never pays for it; a larger n searches at first use over sampled erasure patterns.
+never pays for it.
+
+Past ``TABLE_MAX_N`` workers no single block stays well conditioned (a Gaussian [I; P]
+has some nearly singular k-subset among the C(n, k), and not every one can be checked),
+so the code is *grouped* (``stable_groups``): the workers split into groups of at most
+``GROUP_MAX``, the source pieces among them in proportion, and each group is the shipped
+(n_g, k_g) code on its own sources. A group decodes from any k_g of its own n_g
+subtasks, independently of the others, so the worst case of the whole code is the worst
+of its groups' exhaustively checked cases, at any n. The price: it tolerates n_g - k_g
+lost subtasks *per group*, not n - k anywhere (docs/codes.md compares).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import numpy as np
 
 TABLE_PATH = Path(__file__).with_name("stable_parity.json")
 TABLE_MAX_N = 12
+GROUP_MAX = 10  # workers per group past TABLE_MAX_N: the blocks with the widest margin
 SEED_DRAWS = 300
 CLIMB_STEPS = 1500
 CLIMB_STEP = 0.05  # perturbation, relative to the mean |P| entry
@@ -99,9 +109,55 @@ def stable_parity(n: int, k: int) -> np.ndarray:
     return search_parity(n, k, draws=30, steps=200)
 
 
+def stable_groups(n: int, k: int) -> list[tuple[int, int]]:
+    """(n_g, k_g) per group: one group up to TABLE_MAX_N workers; past it, groups of at
+    most GROUP_MAX workers (as equal as can be, but never more groups than pieces) and
+    the k pieces shared in proportion to the group sizes (largest remainders first),
+    each group keeping at least one piece and at most n_g."""
+    if not 1 <= k <= n:
+        raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
+    if n <= TABLE_MAX_N:
+        return [(n, k)]
+    count = min(k, -(-n // GROUP_MAX))
+    sizes = [n // count + (1 if g < n % count else 0) for g in range(count)]
+    shares = [k * size / n for size in sizes]
+    pieces = [
+        max(1, min(size, math.floor(share))) for size, share in zip(sizes, shares, strict=True)
+    ]
+    by_remainder = sorted(range(count), key=lambda g: (pieces[g] - shares[g], g))
+    while sum(pieces) < k:
+        g = next(g for g in by_remainder if pieces[g] < sizes[g])
+        pieces[g] += 1
+        by_remainder.remove(g)
+        by_remainder.append(g)
+    while sum(pieces) > k:
+        g = next(g for g in reversed(by_remainder) if pieces[g] > 1)
+        pieces[g] -= 1
+        by_remainder.remove(g)
+        by_remainder.insert(0, g)
+    return list(zip(sizes, pieces, strict=True))
+
+
+def group_subtasks(n: int, k: int) -> list[tuple[range, range]]:
+    """Per group, its source subtasks (a run of 0..k-1) and its parity subtasks (a run
+    of k..n-1), in group order: the layout ``stable_generator`` builds."""
+    out, source, parity = [], 0, k
+    for size, pieces in stable_groups(n, k):
+        out.append((range(source, source + pieces), range(parity, parity + size - pieces)))
+        source, parity = source + pieces, parity + size - pieces
+    return out
+
+
 def stable_generator(n: int, k: int) -> np.ndarray:
-    """(n, k) generator [I_k; P]: systematic, one piece per subtask."""
-    return np.vstack([np.eye(k), stable_parity(n, k)])
+    """(n, k) generator [I_k; P]: systematic, one piece per subtask. Grouped past
+    TABLE_MAX_N: each group's parity rows combine only its own sources."""
+    gen = np.zeros((n, k))
+    gen[:k] = np.eye(k)
+    for sources, parities in group_subtasks(n, k):
+        if parities:
+            block = stable_parity(len(sources) + len(parities), len(sources))
+            gen[parities.start : parities.stop, sources.start : sources.stop] = block
+    return gen
 
 
 def write_table(max_n: int = TABLE_MAX_N, path: Path = TABLE_PATH) -> dict:

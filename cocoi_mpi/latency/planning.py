@@ -89,6 +89,7 @@ def plan_layer(
     seed: int = 0,
     failures: int = 0,
     search: str = "integer",
+    k_cap: int | None = None,
 ) -> LayerPlan:
     """Choose k for one conv (or a block: a sequence of convs) and decide type-1.
 
@@ -97,10 +98,14 @@ def plan_layer(
     ``search`` is how k° is found (see :func:`cocoi_mpi.latency.model.k_circ`); the default
     "integer" sees the integer piece widths, "relaxed" is the paper's procedure.
     Blocks have no relaxed L, so their k° is always the integer argmin of L(k).
+    ``k_cap``: never plan a k above it (the largest k the code decodes exactly at n,
+    codes.safety.largest_safe_k).
     """
     name = shape.name if isinstance(shape, LayerShape) else "+".join(s.name for s in shape)
     local_s = local_latency(shape, profile)
     k_max = max_feasible_k(shape, n, m, failures)
+    if k_cap is not None:
+        k_max = min(k_max, k_cap)
     if k_max < 1:
         why = f"output narrower than {m} pieces" if n - failures >= 1 else "no live worker"
         return LayerPlan(0, float("inf"), local_s, False, np.empty(0), None, reason=why, name=name)
@@ -108,7 +113,7 @@ def plan_layer(
     L_by_k = np.asarray(approx_latency(shape, n, ks, profile, m, failures=failures), dtype=float)
     if isinstance(shape, LayerShape):
         kc = k_circ(shape, n, profile, m, failures, search).k
-    else:
+    if not isinstance(shape, LayerShape) or kc > k_max:  # blocks, or k° past the cap
         kc = int(ks[np.argmin(L_by_k)])
     E_by_k, ks_star = None, None
     if samples > 0:
@@ -224,6 +229,7 @@ def plan_model(
     seed: int = 0,
     failures: int = 0,
     search: str = "integer",
+    k_cap: int | None = None,
 ) -> list[tuple[ConvEntry, LayerPlan]]:
     """:func:`plan_layer` for every Conv2d of a model, in forward order."""
     plans = []
@@ -240,7 +246,9 @@ def plan_model(
                 name=entry.name,
             )
         else:
-            plan = plan_layer(entry.shape, n, profile, method, m, samples, seed, failures, search)
+            plan = plan_layer(
+                entry.shape, n, profile, method, m, samples, seed, failures, search, k_cap
+            )
         plans.append((entry, plan))
     return plans
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..codes import CONV, scheme_info
+from ..codes.safety import check_code, largest_safe_k
 from ..engine.proxies import install, install_blocks, type1_convs
 from ..experiment.config import RunConfig, scenario_of
 from ..experiment.sweep import Cell, cells, parse_sweep, select_part
@@ -65,13 +66,43 @@ def make_plans(cfg: RunConfig, model: torch.nn.Module, input_shape) -> dict[tupl
 
     profile = Profile.load(cfg.profile) if cfg.profile else pi4_profile()
     failures = cfg.failures if cfg.scenario in (2, 3) else 0
+    cap = largest_safe_k(cfg.code, cfg.n, cfg.systematic, cfg.tolerance)
     plans = {}
     for method, m in sorted(needed):
         entries = plan_model(
-            model, input_shape, cfg.n, profile, method=method, m=m, seed=cfg.seed, failures=failures
+            model,
+            input_shape,
+            cfg.n,
+            profile,
+            method=method,
+            m=m,
+            seed=cfg.seed,
+            failures=failures,
+            k_cap=cap,
         )
         plans[(method, m)] = [plan for _, plan in entries]
     return plans
+
+
+def check_decoding(cfg: RunConfig, plans: dict[tuple, list]) -> None:
+    """Refuse, before any worker is involved, a run whose code cannot decode exactly at
+    some k a layer may use: the cells' k (and below: narrow layers tighten it), or the
+    largest k a plan picked (codes.safety)."""
+    k_max = 0
+    for cell in run_cells(cfg):
+        info = scheme_info(cell.scheme)
+        if not info.uses_code:
+            continue
+        k = cell.k if cell.k is not None else cfg.k
+        if isinstance(k, str):
+            planned = [
+                p.k for (method, _), entries in plans.items() if method == k for p in entries
+            ]
+            k_max = max([k_max, *planned])
+        else:
+            k_max = max(k_max, info.source_k(cfg.n, k))
+    if k_max:
+        check_code(cfg.code, cfg.n, k_max, cfg.systematic, cfg.tolerance)
 
 
 def plan_lines(cfg: RunConfig, key: tuple, plans: list) -> list[str]:

@@ -16,7 +16,7 @@ from ..models import MODELS, build_model, input_shape, load_weights
 from ..models.data import load_dataset
 from ..models.inputs import check_shape, load_input, seeded_inputs
 from .idle import GcWatch, Usage
-from .plans import make_plans
+from .plans import check_decoding, make_plans
 from .trace_meta import SendTimes
 
 
@@ -69,6 +69,7 @@ def prepare(cfg: RunConfig) -> MasterJob:
     if logits.dim() != 2 or logits.shape[0] != 1:
         raise ValueError(f"{cfg.model} returned shape {tuple(logits.shape)}; expected (1, classes)")
     plans = make_plans(cfg, model, tuple(inputs.shape[1:]))
+    check_decoding(cfg, plans)
     blocks = load_codecs(cfg, model, tuple(inputs.shape[1:]))
     return MasterJob(
         model,
