@@ -204,6 +204,24 @@ def test_default_job_writes_results(tmp_path):
     assert_matches_local(files[0], "vgg16", 0, 1)
 
 
+@pytest.mark.slow
+def test_thirty_three_ranks_grouped_code_survives_silent_and_killed_workers(tmp_path):
+    """Issue 19: 32 workers under the grouped stable code (4 groups of 8/6 at k = 24),
+    two silent and one killed mid-run (ULFM): exact, the death on record, a clean end."""
+    out = tmp_path / "wide.h5"
+    cmd = [MPIRUN, "--with-ft", "ulfm", "-np", "33", "--oversubscribe", "--bind-to", "none"]
+    cmd += [sys.executable, "-m", "cocoi_mpi.run", "--model", "zoo:wide_cnn", "--k", "24"]
+    cmd += ["--requests", "3", "--silent", "3,17", "--crash", "9@1", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=mpi_env())
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "top-1 identical 3/3: OK" in proc.stdout
+    assert_matches_local(out, "zoo:wide_cnn", 0, 3)
+    trace = read_trace(out)
+    assert set(trace.rounds["n"]) == {32} and max(trace.rounds["k"]) <= 24
+    statuses = {str(s) for s in trace.subtasks["status"]}
+    assert {"failed", "dead"} <= statuses, statuses
+
+
 PIS = HERE.parent / "hostfiles" / "pis"
 LOCAL_SSH = HERE.parent / "jobs" / "local_ssh.sh"
 

@@ -33,3 +33,25 @@ def failing_cnn() -> nn.Module:
 
 
 failing_cnn.input_shape = (3, 16, 16)
+
+
+def wide_cnn() -> nn.Module:
+    """Wide enough for tens of workers: 128 and 64 output columns, so k = 48 still
+    gives every worker a piece (issue 19's 33- and 65-rank runs)."""
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+
+
+wide_cnn.input_shape = (3, 16, 128)

@@ -116,7 +116,16 @@ class FaultModel:
         self.straggler = self.workers[np.random.default_rng([seed, 0]).integers(len(workers))]
 
     def round_state(self, round_id: int) -> tuple[frozenset, bool]:
-        """Which workers fail in this round, and whether the straggler is slow in it."""
+        """Which workers fail in this round, and whether the straggler is slow in it
+        (drawn once per round: the draw is O(n) and every subtask asks)."""
+        last = getattr(self, "_last_round", None)
+        if last is not None and last[0] == round_id:
+            return last[1]
+        state = self._draw_round(round_id)
+        self._last_round = (round_id, state)
+        return state
+
+    def _draw_round(self, round_id: int) -> tuple[frozenset, bool]:
         sc, rng = self.scenario, np.random.default_rng([self.seed, 1, round_id])
         failed: frozenset = frozenset()
         if sc.has_failures and sc.failures:

@@ -5,6 +5,7 @@ the lines it prints, and the closing summary.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -87,15 +88,16 @@ class Serving:
         ref = self.reference(i, references)
         engine.begin_request(req, fault_request=i)
         engine.poll_late()
-        t0 = engine.now()
+        t0, cpu0 = engine.now(), time.process_time()
         with torch.no_grad():
             logits = job.model(x)
-        t1 = engine.now()
+        t1, cpu = engine.now(), time.process_time() - cpu0
         rounds, subtasks = engine.take_rows()
         row = request_row(self.cfg, cell, req, t0, t1, logits, ref, rounds)
         if job.labels is not None:
             row["label"] = int(job.labels[i % len(job.labels)])
         row["master_rss_mb"] = resident_mb()
+        row["master_cpu_s"] = cpu
         writer.append("rounds", rounds)
         writer.append("subtasks", subtasks)
         job.sends.write(writer, engine.take_sends())

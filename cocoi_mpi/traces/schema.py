@@ -43,6 +43,7 @@ REQUEST_DTYPE = np.dtype(
         ("n_rounds", "i4"),
         ("label", "i8"),  # true class when the inputs come from a dataset; -1: unknown
         ("master_rss_mb", "f8"),  # resident memory of rank 0 after the request; NaN: unknown
+        ("master_cpu_s", "f8"),  # rank 0's CPU seconds during the forward pass; NaN: unknown
     ]
 )
 
