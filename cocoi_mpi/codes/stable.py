@@ -26,7 +26,9 @@ so the code is *grouped* (``stable_groups``): the workers split into groups of a
 (n_g, k_g) code on its own sources. A group decodes from any k_g of its own n_g
 subtasks, independently of the others, so the worst case of the whole code is the worst
 of its groups' exhaustively checked cases, at any n. The price: it tolerates n_g - k_g
-lost subtasks *per group*, not n - k anywhere (docs/codes.md compares).
+lost subtasks *per group*, not n - k anywhere (docs/codes.md compares). With fewer
+parities than such groups, each of n - k larger groups gets one parity, the sum of its
+pieces, so that every group tolerates a loss.
 """
 
 from __future__ import annotations
@@ -106,6 +108,8 @@ def stable_parity(n: int, k: int) -> np.ndarray:
     rows = shipped_table().get(f"{n},{k}")
     if rows is not None:
         return np.array(rows, dtype=np.float64).reshape(n - k, k)
+    if n - k == 1:  # one parity, the sum: a lost piece is the parity minus the others
+        return np.ones((1, k))
     return search_parity(n, k, draws=30, steps=200)
 
 
@@ -113,12 +117,19 @@ def stable_groups(n: int, k: int) -> list[tuple[int, int]]:
     """(n_g, k_g) per group: one group up to TABLE_MAX_N workers; past it, groups of at
     most GROUP_MAX workers (as equal as can be, but never more groups than pieces) and
     the k pieces shared in proportion to the group sizes (largest remainders first),
-    each group keeping at least one piece and at most n_g."""
+    each group keeping at least one piece and at most n_g.
+
+    With fewer parities than such groups (n - k < n / GROUP_MAX), there are n - k
+    groups instead, one parity each: the sum of the group's pieces (``stable_parity``),
+    so that every group tolerates a loss; a group may then pass GROUP_MAX workers, and
+    its every pattern (n_g of them) is still checked."""
     if not 1 <= k <= n:
         raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
     if n <= TABLE_MAX_N:
         return [(n, k)]
     count = min(k, -(-n // GROUP_MAX))
+    if 0 < n - k < count:
+        count = n - k
     sizes = [n // count + (1 if g < n % count else 0) for g in range(count)]
     shares = [k * size / n for size in sizes]
     pieces = [
