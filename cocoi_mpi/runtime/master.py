@@ -1,7 +1,7 @@
 """The master's MPI side: ship coded subtasks, collect k-of-n, drain late replies.
 
-Each round posts one Isend per subtask and one Irecv per expected reply, computes the
-remainder columns while workers run, then waits with MPI.Request.Testsome over the
+Each round posts one Isend per subtask (each input made just before its send) and one
+Irecv per expected reply, then waits with MPI.Request.Testsome over the
 round's receives, the receives still open from earlier rounds (late replies) and the
 per-worker error channels, until the code can decode. Receives left open move to the
 late pool; their workers are told the round is done. Buffers live as long as their
