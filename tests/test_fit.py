@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cocoi_mpi.cli.commands import main
+from cocoi_mpi.experiment.scenarios import FaultModel, Scenario
 from cocoi_mpi.latency.fit import (
     TraceFitError,
     fit_normalised,
@@ -108,6 +109,7 @@ def write_trace(path, rounds_count=400, n=6, with_flops=True, seed=0, link_mbps=
     status[::7] = b"skipped"  # skipped replies carry no durations
     sub["worker_compute_s"][::7] = 1e-9
     sub["status"] = status
+    sub["injected_recv_s"] = np.nan  # written before the column existed
     with h5py.File(path, "a", locking=False) as h5:
         for name, data in (("rounds", rounds), ("subtasks", sub)):
             del h5[name]
@@ -140,6 +142,34 @@ def test_emulated_link_time_is_part_of_the_transfer(tmp_path):
         added = linked[phase][0] - plain[phase][0]
         assert np.allclose(added, 8 * nbytes / 100e6)
     assert np.array_equal(linked["cmp"][0], plain["cmp"][0])
+
+
+def test_fit_recovers_injected_jitter(tmp_path):
+    """A device with no noise of its own, given --jitter 0.5/2 over a 100 Mbit/s link:
+    the fit finds the link and the compute minimum as theta and the injected ratios as
+    the mean excess, from the delays FaultModel decides (issue 18)."""
+    path = write_trace(tmp_path / "j.h5", rounds_count=300, link_mbps=100)
+    scenario = Scenario(link_mbps=100, jitter="0.5/2")
+    model = FaultModel(scenario, list(range(1, 7)), seed=4)
+    theta_cmp = 1.2e-9
+    with h5py.File(path, "a", locking=False) as h5:
+        sub, rounds = h5["subtasks"][...], h5["rounds"][...]
+        n_cmp = dict(zip(rounds["round"].tolist(), rounds["n_cmp"].tolist(), strict=True))
+        for i in range(sub.size):
+            f = model.fault(int(sub["round"][i]), 0, int(sub["worker"][i]),
+                            int(sub["bytes_in"][i]), int(sub["bytes_out"][i]))  # fmt: skip
+            sub["injected_recv_s"][i], sub["injected_delay_s"][i] = f.recv_delay, f.injected
+            sub["slowdown"][i] = f.slowdown
+            sub["worker_compute_s"][i] = theta_cmp * n_cmp[int(sub["round"][i])]
+        sub["worker_recv_s"] = sub["worker_send_s"] = 0.0
+        h5["subtasks"][...] = sub
+    prof = fit_trace(path)
+    link = 8 / 100e6
+    for phase in ("rec", "sen"):
+        assert prof.phase(phase).theta == pytest.approx(link, rel=0.01)
+        assert 1 / prof.phase(phase).mu == pytest.approx(2 * link, rel=0.1)
+    assert prof.cmp.theta == pytest.approx(theta_cmp, rel=0.01)
+    assert 1 / prof.cmp.mu == pytest.approx(0.5 * theta_cmp, rel=0.1)
 
 
 def test_trace_without_flop_columns_says_so(tmp_path):

@@ -254,3 +254,44 @@ def test_every_scheme_is_exact_under_failures_and_straggling(comm, scheme):
             assert any(s["status"] == "failed" for s in subtasks)
 
     run_coded(comm, k=max(1, n - 1), requests=0, extra=scenarios)
+
+
+@pytest.mark.parametrize("detection, wait", [("after=0.3", 0.3), ("never", 0.4)])
+def test_uncoded_resends_a_failed_piece_only_once_the_failure_is_noticed(comm, detection, wait):
+    """Scenario 2 with a detection delay (issue 18): the worker's notice comes at once,
+    but the master acts on it only when the detection would have: after 0.3 s, or at
+    the round's 0.4 s deadline. The re-sent piece leaves no earlier; the run is exact,
+    also under jitter."""
+    from cocoi_mpi.experiment.scenarios import Scenario
+
+    n = comm.Get_size() - 1
+    if n < 2:
+        pytest.skip("needs a live worker beside the failed one")
+
+    def failing(engine, model):
+        x = torch.randn(1, 3, 21, 43, generator=torch.Generator().manual_seed(2))
+        engine.use("uncoded", n)
+        engine.round_timeout = 0.4
+        scenario = Scenario(2, failures=1, detection=detection, jitter="0.3/0.3")
+        engine.set_scenario(scenario, seed=3)
+        engine.begin_request(0)
+        with torch.no_grad():
+            out = model(x)
+            with engine.local_only():
+                ref = model(x)
+        assert float((out - ref).abs().max() / ref.abs().max()) < 1e-5
+        engine.kept = engine.take_rows()
+
+    result = run_coded(comm, k=n, requests=0, extra=failing)
+    if result is not None:
+        _, engine = result
+        _, subtasks = engine.kept
+        failed = [s for s in subtasks if s["status"] == "failed"]
+        assert failed
+        for f in failed:
+            again = [
+                s for s in subtasks
+                if s["round"] == f["round"] and s["code_row"] == f["code_row"] and s is not f
+            ]  # fmt: skip
+            assert again, f"round {f['round']}: piece {f['code_row']} was never re-sent"
+            assert min(s["sent_t"] for s in again) >= f["sent_t"] + wait - 1e-3

@@ -15,9 +15,13 @@ import pytest
 from cocoi_mpi.experiment.scenarios import (
     NOMINAL_MBPS,
     PAPER_STRAGGLER_FACTOR,
+    Detection,
     Fault,
     FaultModel,
+    Jitter,
     Scenario,
+    parse_detection,
+    parse_jitter,
     transfer_s,
 )
 
@@ -283,3 +287,81 @@ def test_no_link_means_no_link_delay():
     model = FaultModel(Scenario(kind=2, failures=1), WORKERS, seed=0)
     f = model.fault(1, 0, 1, 10**7, 10**7)
     assert (f.recv_delay, f.send_delay, f.injected) == (0.0, 0.0, 0.0)
+
+
+# --------------------------------------------------------------------------- jitter, detection
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("none", Jitter(0.0, 0.0)),
+        ("builtin", Jitter(0.25, 0.5)),
+        ("fig14b", Jitter(10.0 / 1.316, 1.25)),
+        (" 0.5/2 ", Jitter(0.5, 2.0)),
+    ],
+)
+def test_jitter_levels_and_ratios_parse(text, want):
+    assert parse_jitter(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "loud", "0.5", "a/b", "-1/0", "inf/1", "1/2/3"])
+def test_bad_jitter_is_refused_naming_it(text):
+    with pytest.raises(ValueError, match="^jitter must"):
+        parse_jitter(text)
+    with pytest.raises(ValueError, match="^jitter must"):
+        Scenario(jitter=text)
+
+
+@pytest.mark.parametrize(
+    "text, kind, value",
+    [("immediate", "immediate", 0.0), ("after=0.5", "after", 0.5), ("timeout=3", "timeout", 3.0),
+     ("never", "never", 0.0)],
+)  # fmt: skip
+def test_detection_parses(text, kind, value):
+    assert parse_detection(text) == Detection(kind, value)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "soon", "after", "after=", "after=-1", "timeout=0.5", "never=3", "immediate=1"]
+)
+def test_bad_detection_is_refused_naming_it(text):
+    with pytest.raises(ValueError, match="^detection must"):
+        parse_detection(text)
+
+
+def test_detection_times():
+    assert Detection().noticed_after(None) == 0.0
+    assert Detection("after", 0.4).noticed_after(None) == 0.4
+    assert Detection("timeout", 3.0).noticed_after(None) is None  # no reply yet
+    assert Detection("timeout", 3.0).noticed_after(0.2) == pytest.approx(0.6)
+    assert Detection("never").noticed_after(5.0) is None
+    # no failures injected: nothing to detect, whatever the option says
+    assert Scenario(kind=1, detection="never").failure_detection == Detection()
+    assert Scenario(kind=2, detection="never").failure_detection == Detection("never")
+
+
+def test_jitter_is_the_shift_exponential_excess_of_each_phase():
+    """Per subtask: compute x (1 + rho_cmp E), each transfer's link time + rho_tr E x it,
+    E ~ Exp(1) from the seed; the mean ratios are what the level says."""
+    mbps, b_in, b_out = 100.0, 40_000, 25_000
+    model = FaultModel(Scenario(link_mbps=mbps, jitter="0.5/2"), WORKERS, seed=9)
+    got = [model.fault(r, s, w, b_in, b_out) for r in range(300) for s in range(2) for w in WORKERS]
+    link_in, link_out = transfer_s(b_in, mbps), transfer_s(b_out, mbps)
+    recv = np.array([f.recv_delay for f in got])
+    send = np.array([f.send_delay for f in got])
+    slow = np.array([f.slowdown for f in got])
+    assert recv.min() >= link_in and send.min() >= link_out and slow.min() >= 1.0
+    assert (recv / link_in - 1).mean() == pytest.approx(2.0, rel=0.08)
+    assert (send / link_out - 1).mean() == pytest.approx(2.0, rel=0.08)
+    assert (slow - 1).mean() == pytest.approx(0.5, rel=0.08)
+    assert len({f.slowdown for f in got}) == len(got)  # drawn per subtask, not per round
+    plain = FaultModel(Scenario(link_mbps=mbps), WORKERS, seed=9).fault(1, 0, 1, b_in, b_out)
+    assert (plain.recv_delay, plain.slowdown) == (link_in, 1.0)
+
+
+def test_jitter_multiplies_the_scenario_3_slowdown():
+    sc = Scenario(kind=3, failures=0, straggler_prob=1.0, jitter="1/0")
+    model = FaultModel(sc, WORKERS, seed=2)
+    f = model.fault(1, 0, model.straggler, 10, 10)
+    assert f.slowdown > sc.straggler_factor

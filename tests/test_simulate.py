@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from cocoi_mpi.cli.commands import main
+from cocoi_mpi.experiment.scenarios import Detection, Jitter
 from cocoi_mpi.latency.counts import LayerShape
 from cocoi_mpi.latency.lt_decoding import lt_symbols_needed
 from cocoi_mpi.latency.profile import Profile, ShiftExp, pi4_profile
@@ -180,3 +181,59 @@ def test_every_simulated_scheme_has_one_simulator():
     from cocoi_mpi.latency.simulate import SCHEMES, SIMULATORS
 
     assert tuple(SIMULATORS) == SCHEMES
+
+
+def deterministic() -> Profile:
+    """Every phase at its minimum (no excess): what is left is what a scenario injects."""
+    prof = straggling(1e-9)
+    theta = prof.code.theta
+    return prof.with_phase("code", ShiftExp(1.0 / (1e-9 * theta), theta))
+
+
+def test_need_with_resend_waits_for_the_failure_to_be_noticed():
+    inf = np.inf
+    times = np.array([[1.0, inf, 3.0, 4.0]])
+    fresh = np.full((1, 4), 10.0)
+    assert _need_with_resend(times, 4, fresh)[0] == 11.0  # first live finisher, at once
+    assert _need_with_resend(times, 4, fresh, np.array([2.5]))[0] == 12.5
+    assert _need_with_resend(times, 4, fresh, np.array([0.5]))[0] == 11.0
+
+
+def test_a_late_detection_delays_the_resend_by_what_it_waited():
+    """Without jitter a subtask takes a fixed t; a failure noticed at S > t makes the
+    re-sent piece finish at S + t instead of 2t (re-sent at once, to the first free)."""
+    prof, scheme = deterministic(), "uncoded"
+    at_once = Scenario(failures=1)
+    base = simulate(VGG, 10, prof, (scheme,), scenario=at_once, samples=200)[0]
+    t = simulate(VGG, 10, prof, (scheme,), samples=200)[0].mean
+    later = Scenario(failures=1, detection=Detection("after", 5.0))
+    got = simulate(VGG, 10, prof, (scheme,), scenario=later, samples=200)[0]
+    assert got.mean - base.mean == pytest.approx(5.0 - t, abs=0.06 * t)
+    never = Scenario(failures=1, detection=Detection("never"), deadline_s=20.0)
+    assert simulate(VGG, 10, prof, (scheme,), scenario=never, samples=200)[0].mean > 20.0
+    timeout = Scenario(failures=1, detection=Detection("timeout", 3.0))
+    got = simulate(VGG, 10, prof, (scheme,), scenario=timeout, samples=200)[0].mean
+    assert got > base.mean + 0.5 * t
+
+
+def test_detection_does_not_matter_to_cocoi_with_enough_live_workers():
+    prof = pi4_profile()
+    at_once = simulate(VGG, 10, prof, ("cocoi",), k=7, scenario=Scenario(failures=2), seed=3)
+    later = Scenario(failures=2, detection=Detection("after", 100.0))
+    assert simulate(VGG, 10, prof, ("cocoi",), k=7, scenario=later, seed=3)[0].mean == (
+        pytest.approx(at_once[0].mean)
+    )
+
+
+def test_injected_jitter_adds_its_ratio_of_each_minimum():
+    """A 0.5 compute ratio on a profile without excess: mean compute 1.5 x the minimum;
+    uncoded then waits for the largest of n such draws."""
+    prof = deterministic()
+    plain = simulate(VGG, 10, prof, ("uncoded",), samples=4000)[0]
+    jit = simulate(
+        VGG, 10, prof, ("uncoded",), scenario=Scenario(jitter=Jitter(0.5, 0.0)), samples=4000
+    )[0]
+    assert jit.mean > plain.mean
+    assert np.std(jit.draws) > 0 and np.std(plain.draws) < 1e-6 * plain.mean
+    both = Scenario(jitter=Jitter(0.5, 1.0))
+    assert simulate(VGG, 10, prof, ("uncoded",), scenario=both, samples=4000)[0].mean > jit.mean

@@ -121,6 +121,12 @@ def check_reliability(cfg: RunConfig, n: int) -> None:
         raise ConfigError(
             f"on_shortfall must be one of {', '.join(SHORTFALL_POLICIES)}, got {cfg.on_shortfall!r}"
         )
+    waits = cfg.detection.split("=")[0] in ("timeout", "never")
+    if waits and timeout == "off":
+        raise ConfigError(
+            f"detection {cfg.detection} needs a round deadline: a failure it has not "
+            "noticed is noticed at the deadline; give --round-timeout SECONDS or auto"
+        )
     bad = [c.rank for c in cfg.crash if not 1 <= c.rank <= n]
     if bad:
         raise ConfigError(f"crash ranks {bad} are not worker ranks 1..{n}")
@@ -269,4 +275,6 @@ def scenario_of(cfg: RunConfig) -> Scenario:
         straggler_factor=float(cfg.straggler_factor),
         straggler_prob=float(cfg.straggler_prob),
         link_mbps=float(cfg.link_mbps),
+        jitter=cfg.jitter,
+        detection=cfg.detection,
     )

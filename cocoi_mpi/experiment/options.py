@@ -19,7 +19,7 @@ from typing import Any
 
 from ..codes import CODES, RUN_SCHEMES
 from ..engine.rows import SHORTFALL_POLICIES
-from .scenarios import PAPER_STRAGGLER_FACTOR, Crash, parse_crashes
+from .scenarios import PAPER_STRAGGLER_FACTOR, Crash, parse_crashes, parse_detection, parse_jitter
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,15 @@ def parse_paths(value: Any) -> tuple[str, ...]:
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return tuple(value)
     raise ValueError(f"codec must be a checkpoint path or a list of them, got {value!r}")
+
+
+def checked(name: str, value: Any, parse: Callable[[str], Any]) -> str:
+    """A text option kept as written, once ``parse`` accepts it (raises ValueError
+    naming the option)."""
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be text, got {value!r}")
+    parse(value)
+    return value.strip()
 
 
 def parse_crash_option(value: Any) -> tuple[Crash, ...]:
@@ -206,6 +215,20 @@ OPTIONS: tuple[Option, ...] = (  # in the order --help lists them
         "Emulate a link of this bandwidth on every transfer; 0 = off.",
         types=NUMBER,
         finite=True,
+    ),
+    Option(
+        "jitter",
+        "none",
+        "Device jitter on every subtask (eq. 7's excess, seeded): none, builtin, fig14b, "
+        "paper, or ratios CMP/TR of mean excess to minimum (docs/testbed.md).",
+        parse=lambda v: checked("jitter", v, parse_jitter),
+    ),
+    Option(
+        "detection",
+        "immediate",
+        "Scenarios 2-3: when the master notices a failed worker: immediate, after=SECONDS, "
+        "timeout=FACTOR (x the round's first reply) or never (the round's deadline).",
+        parse=lambda v: checked("detection", v, parse_detection),
     ),
     Option(
         "code",

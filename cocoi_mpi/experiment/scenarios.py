@@ -10,10 +10,21 @@ the same seed gives the same delays and failures whatever the timing of the run.
   slower by ``straggler_factor`` (85.2/50.8 on the paper's Pis) in most rounds.
 - link emulation (``link_mbps`` > 0): every transfer also takes bytes / bandwidth,
   as on the paper's WiFi, so a shared-memory run has a network to straggle on.
+- device jitter (``jitter``, any scenario): the shift-exponential excess of eq. 7 on
+  every subtask, as real devices have it. A level is two ratios, the mean excess over
+  the minimum of computing and of transferring (:class:`Jitter`); the worker's compute
+  takes (1 + rho_cmp E) times its measured time and each transfer rho_tr E' times its
+  link time more, E, E' ~ Exp(1) drawn from the seed. Being ratios, a level means the
+  same on a Pi and on a device 14 times faster (docs/testbed.md, "Presets").
+- failure detection (``detection``, scenarios 2-3): when the master learns that a
+  worker failed: at once (``immediate``: the worker says so before computing),
+  ``after=S`` seconds after the subtask was sent (a heartbeat), ``timeout=F`` times
+  the round trip of the round's first reply, or ``never`` (at the round's deadline).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +34,110 @@ from ..statuses import CrashKind, FaultKind, ScenarioKind
 
 PAPER_STRAGGLER_FACTOR = 85.2 / 50.8  # VGG16 on the paper's slow Pi vs a normal one
 NOMINAL_MBPS = 100.0  # T_tr's bandwidth when no link is emulated
+# The "paper" jitter level, fitted by `python -m cocoi_mpi.latency.jitter_fit`.
+PAPER_JITTER_CMP = 0.0
+PAPER_JITTER_TR = 0.0
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """A device's straggling as ratios of eq. 7's mean excess (N/mu) to its minimum
+    (N theta): ``cmp`` for computing, ``tr`` for receiving and sending."""
+
+    cmp: float = 0.0
+    tr: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("cmp", "tr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"jitter must have finite ratios >= 0, got {name} = {value}")
+
+    @property
+    def off(self) -> bool:
+        return self.cmp == 0 and self.tr == 0
+
+
+# The named levels (docs/testbed.md, "Jitter levels", derives each):
+# - builtin: latency.profile.pi4_profile()'s excess, 0.2 of the Pi's 1.645 ns/FLOP over
+#   its 0.8 minimum, and 40 ns/byte over 80 on the WiFi;
+# - fig14b: the paper's Fig. 14(b) example, mu_cmp = 1e8 (10 ns/FLOP of excess over
+#   the Pi's 1.316 ns minimum) and mu_tr = 1e7 (100 ns/byte over 80);
+# - paper: fitted with the simulator to the paper's own uncoded (+68-79 % from n_f = 0
+#   to 2) and CoCoI (slightly slower than uncoded at n_f = 0): latency.jitter_fit.
+JITTER_LEVELS = {
+    "none": Jitter(0.0, 0.0),
+    "builtin": Jitter(0.25, 0.5),
+    "fig14b": Jitter(10.0 / 1.316, 100.0 / 80.0),
+    "paper": Jitter(PAPER_JITTER_CMP, PAPER_JITTER_TR),
+}
+
+
+def parse_jitter(text: str) -> Jitter:
+    """A named level (none, builtin, fig14b, paper) or two ratios 'CMP/TR' (e.g. 0.5/1)."""
+    text = str(text).strip()
+    if text in JITTER_LEVELS:
+        return JITTER_LEVELS[text]
+    cmp, sep, tr = text.partition("/")
+    usage = (
+        f"jitter must be one of {', '.join(JITTER_LEVELS)} or two ratios CMP/TR "
+        f"(mean excess over minimum, e.g. 0.5/1), got {text!r}"
+    )
+    try:
+        if not sep:
+            raise ValueError
+        return Jitter(float(cmp), float(tr))
+    except ValueError as exc:
+        raise ValueError(str(exc) if "ratios >=" in str(exc) else usage) from None
+
+
+DETECTIONS = ("immediate", "after", "timeout", "never")
+
+
+@dataclass(frozen=True)
+class Detection:
+    """When the master learns of a failed worker (scenarios 2-3): ``kind`` one of
+    DETECTIONS, ``value`` the seconds of ``after`` or the factor of ``timeout``."""
+
+    kind: str = "immediate"
+    value: float = 0.0
+
+    @property
+    def immediate(self) -> bool:
+        return self.kind == "immediate"
+
+    def noticed_after(self, first_reply_s: float | None) -> float | None:
+        """Seconds from a failed subtask's send to its detection; None: not known yet
+        (``timeout`` before any reply of the round arrived; ``never``)."""
+        if self.kind == "immediate":
+            return 0.0
+        if self.kind == "after":
+            return self.value
+        if self.kind == "timeout" and first_reply_s is not None:
+            return self.value * first_reply_s
+        return None
+
+
+def parse_detection(text: str) -> Detection:
+    """'immediate', 'after=SECONDS', 'timeout=FACTOR' or 'never'."""
+    text = str(text).strip()
+    kind, sep, value = text.partition("=")
+    usage = (
+        "detection must be immediate, after=SECONDS, timeout=FACTOR (times the round's "
+        f"first reply) or never, got {text!r}"
+    )
+    if kind not in DETECTIONS or bool(sep) != (kind in ("after", "timeout")):
+        raise ValueError(usage)
+    if not sep:
+        return Detection(kind)
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(usage) from None
+    low = 1.0 if kind == "timeout" else 0.0
+    if not (math.isfinite(number) and number >= low):
+        raise ValueError(f"{usage}: the {kind} value must be a finite number >= {low:g}")
+    return Detection(kind, number)
 
 
 @dataclass(frozen=True)
@@ -35,6 +150,8 @@ class Scenario:
     straggler_factor: float = PAPER_STRAGGLER_FACTOR
     straggler_prob: float = 0.8
     link_mbps: float = 0.0
+    jitter: str = "none"  # a level of JITTER_LEVELS or 'CMP/TR'
+    detection: str = "immediate"  # see parse_detection
 
     def __post_init__(self) -> None:
         if self.kind not in tuple(ScenarioKind):
@@ -42,6 +159,17 @@ class Scenario:
         check_levels(self.lambda_tr, self.failures, self.straggler_factor, self.straggler_prob)
         if self.link_mbps < 0:
             raise ValueError(f"link_mbps must be >= 0, got {self.link_mbps}")
+        parse_jitter(self.jitter)
+        parse_detection(self.detection)
+
+    @property
+    def device_jitter(self) -> Jitter:
+        return parse_jitter(self.jitter)
+
+    @property
+    def failure_detection(self) -> Detection:
+        """How failures are noticed; immediate where no failure is injected."""
+        return parse_detection(self.detection) if self.has_failures else Detection()
 
     @property
     def level(self) -> float:
@@ -113,6 +241,7 @@ class FaultModel:
         scenario.check_workers(len(workers))
         self.scenario, self.workers, self.seed = scenario, list(workers), seed
         self.silent = frozenset(silent)
+        self.jitter = scenario.device_jitter
         self.straggler = self.workers[np.random.default_rng([seed, 0]).integers(len(workers))]
 
     def round_state(self, round_id: int) -> tuple[frozenset, bool]:
@@ -147,11 +276,22 @@ class FaultModel:
         fail = FaultKind.NOTICE if rank in failed else FaultKind.NONE
         if rank in self.silent:
             fail = FaultKind.SILENT
+        slowdown = sc.straggler_factor if slow and rank == self.straggler else 1.0
+        if not self.jitter.off:
+            # eq. 7's excess: a ratio of each phase's minimum (the link time, or for
+            # compute the worker's own measured time, which the slowdown multiplies)
+            rng = np.random.default_rng([self.seed, 5, round_id, subtask, rank])
+            e_rec, e_cmp, e_sen = rng.standard_exponential(3)
+            nominal_in = link_in or transfer_s(bytes_in, NOMINAL_MBPS)
+            nominal_out = link_out or transfer_s(bytes_out, NOMINAL_MBPS)
+            link_in += self.jitter.tr * nominal_in * float(e_rec)
+            link_out += self.jitter.tr * nominal_out * float(e_sen)
+            slowdown *= 1.0 + self.jitter.cmp * float(e_cmp)
         return Fault(
             fail=fail.value,  # a plain str: it is pickled into the worker's Task
             recv_delay=link_in,
             send_delay=link_out + extra,
-            slowdown=sc.straggler_factor if slow and rank == self.straggler else 1.0,
+            slowdown=slowdown,
         )
 
 

@@ -113,9 +113,13 @@ def trace_samples(trace: object) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     worker_compute_s with its round's n_cmp (FLOPs of one subtask). Only subtasks that
     replied ("used" or "late"); the filter on finite, positive values comes later.
 
-    With an emulated link (config ``link_mbps``, e.g. the testbed) a transfer also took
-    bytes / bandwidth, slept by the worker outside the measured MPI time: it is added
-    back, so the fitted rec/sen describe the emulated link, not shared memory.
+    What the master injected counts as the device's time, as eq. 7 models a device:
+    the receive and send delays it decided (link time, jitter, straggling;
+    ``injected_recv_s`` and the rest of ``injected_delay_s``) are added to the
+    measured MPI times, and the compute time is multiplied by its ``slowdown`` (the
+    worker slept the rest). So ``cocoi fit`` recovers an injected ``--jitter``. Traces
+    written before ``injected_recv_s`` existed get the emulated link's bytes /
+    bandwidth added, as before.
     """
     rounds, subtasks = trace.rounds, trace.subtasks  # type: ignore[attr-defined]
     missing = [c for c in ROUND_COLUMNS if c not in rounds]
@@ -130,19 +134,35 @@ def trace_samples(trace: object) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     n_cmp = np.array([by_round.get(r, np.nan) for r in sub_round.tolist()], dtype=float)
     bytes_in = subtasks["bytes_in"][ok].astype(float)
     bytes_out = subtasks["bytes_out"][ok].astype(float)
-    mbps = float(getattr(trace, "config", {}).get("link_mbps") or 0.0)
-    link_in = transfer_s(bytes_in, mbps) if mbps > 0 else 0.0
-    link_out = transfer_s(bytes_out, mbps) if mbps > 0 else 0.0
+    extra_in, extra_out = injected_transfers(trace, ok, bytes_in, bytes_out)
+    slowdown = np.asarray(subtasks["slowdown"][ok], dtype=float)
+    slowdown = np.where(np.isfinite(slowdown) & (slowdown >= 1.0), slowdown, 1.0)
     return {
         "m": (
             np.concatenate([rounds["encode_s"], rounds["decode_s"]]).astype(float),
             np.concatenate([rounds["n_enc"], rounds["n_dec"]]).astype(float),
         ),
         CODE_PHASE: coding_samples(rounds, subtasks),
-        "rec": (subtasks["worker_recv_s"][ok] + link_in, bytes_in),
-        "cmp": (subtasks["worker_compute_s"][ok], n_cmp),
-        "sen": (subtasks["worker_send_s"][ok] + link_out, bytes_out),
+        "rec": (subtasks["worker_recv_s"][ok] + extra_in, bytes_in),
+        "cmp": (subtasks["worker_compute_s"][ok] * slowdown, n_cmp),
+        "sen": (subtasks["worker_send_s"][ok] + extra_out, bytes_out),
     }
+
+
+def injected_transfers(
+    trace: object, ok: np.ndarray, bytes_in: np.ndarray, bytes_out: np.ndarray
+) -> tuple[np.ndarray | float, np.ndarray | float]:
+    """The receive and send delays the master injected into each usable subtask."""
+    subtasks = trace.subtasks  # type: ignore[attr-defined]
+    if "injected_recv_s" in subtasks:
+        before = np.asarray(subtasks["injected_recv_s"][ok], dtype=float)
+        total = np.asarray(subtasks["injected_delay_s"][ok], dtype=float)
+        if before.size and np.isfinite(before).all() and np.isfinite(total).all():
+            return before, total - before
+    mbps = float(getattr(trace, "config", {}).get("link_mbps") or 0.0)
+    link_in = transfer_s(bytes_in, mbps) if mbps > 0 else 0.0
+    link_out = transfer_s(bytes_out, mbps) if mbps > 0 else 0.0
+    return link_in, link_out
 
 
 def coding_samples(rounds: Mapping, subtasks: Mapping) -> tuple[np.ndarray, np.ndarray]:

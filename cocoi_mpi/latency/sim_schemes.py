@@ -13,7 +13,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..experiment import scenarios
-from ..experiment.scenarios import PAPER_STRAGGLER_FACTOR, check_levels
+from ..experiment.scenarios import (
+    PAPER_STRAGGLER_FACTOR,
+    Detection,
+    Jitter,
+    check_levels,
+)
 from ..statuses import ScenarioKind
 from .counts import BYTES_PER_VALUE, Counts, LayerShape, layer_counts
 from .lt_decoding import lt_symbols_needed, mean_degree
@@ -35,12 +40,28 @@ class Scenario:
     slow_workers: int = 0
     slow_factor: float = PAPER_STRAGGLER_FACTOR
     slow_prob: float = 1.0  # chance, per draw, that the slow workers are slow
+    jitter: Jitter = Jitter()  # injected device jitter, as the runtime injects it
+    detection: Detection = Detection()  # when a failure is noticed (re-sends start)
+    deadline_s: float = math.inf  # the round's deadline: when ``never`` notices
 
     def __post_init__(self) -> None:
         levels = (self.lambda_tr, self.failures, self.slow_factor, self.slow_prob)
         check_levels(*levels, factor_name="slow_factor", prob_name="slow_prob")
         if self.slow_workers < 0:
             raise ValueError(f"slow_workers must be >= 0, got {self.slow_workers}")
+
+    def noticed(self, live_times: np.ndarray) -> np.ndarray:
+        """Per draw, when the master learns of the failures: ``live_times`` (s, w) are
+        the live entries' finish times (inf for the failed), as the runtime measures the
+        round's first reply from its send."""
+        s = live_times.shape[0]
+        d = self.detection
+        if d.kind == "timeout":
+            first = np.min(live_times, axis=1)
+            return np.where(np.isfinite(first), d.value * first, self.deadline_s)
+        if d.kind == "never":
+            return np.full(s, self.deadline_s)
+        return np.full(s, d.noticed_after(None) or 0.0)
 
     @classmethod
     def of(cls, sc: scenarios.Scenario) -> Scenario:
@@ -58,6 +79,8 @@ class Scenario:
         return cls(
             failures=sc.failures if sc.has_failures else 0,
             lambda_tr=sc.lambda_tr if sc.kind == ScenarioKind.STRAGGLING else 0.0,
+            jitter=sc.device_jitter,
+            detection=sc.failure_detection,
             **straggler,
         )
 
@@ -84,6 +107,10 @@ def _worker_times(
     cmp = profile.cmp.sample(rng, _scalar(c, "cmp"), shape)
     if sc.slow_workers:
         cmp[:, : sc.slow_workers] *= _slowdown(rng, sc, cmp.ndim, shape[0])
+    if not sc.jitter.off:  # as FaultModel.fault injects it: ratios of the minimums
+        cmp *= 1.0 + sc.jitter.cmp * rng.standard_exponential(shape)
+        link = _scalar(c, "rec") * profile.rec.theta + _scalar(c, "sen") * profile.sen.theta
+        t += sc.jitter.tr * link * rng.standard_exponential(shape)
     t += cmp
     if sc.lambda_tr > 0:
         t += rng.exponential(sc.lambda_tr * rec_mean, shape)
@@ -107,12 +134,15 @@ def _failure_mask(rng: np.random.Generator, s: int, n: int, failures: int) -> np
     return np.argsort(rng.random((s, n)), axis=1) < failures
 
 
-def _need_with_resend(times: np.ndarray, need: int, fresh: np.ndarray) -> np.ndarray:
+def _need_with_resend(
+    times: np.ndarray, need: int, fresh: np.ndarray, noticed: np.ndarray | None = None
+) -> np.ndarray:
     """When ``need`` of the entries are done, re-sending what never comes.
 
     ``times`` (s, w) has inf for failed entries; if fewer than ``need`` are finite, the
-    j-th missing piece goes to the j-th live entry to finish, which then takes
-    ``fresh[:, j]`` more. Needs as many live entries as missing pieces (else inf).
+    j-th missing piece goes to the j-th live entry to finish, once the failure is
+    ``noticed`` (s,) (default: at once), which then takes ``fresh[:, j]`` more. Needs as
+    many live entries as missing pieces (else inf).
     """
     srt = np.sort(times, axis=1)
     live = np.isfinite(srt).sum(axis=1)
@@ -125,6 +155,8 @@ def _need_with_resend(times: np.ndarray, need: int, fresh: np.ndarray) -> np.nda
     missing = (need - live[short])[:, None]
     ok = j < np.minimum(missing, live[short][:, None])
     base = np.where(np.isfinite(srt[short]), srt[short], 0.0)
+    if noticed is not None:
+        base = np.maximum(base, noticed[short, None])
     redo = np.where(ok, base + fresh[short, :w], -np.inf).max(axis=1)
     last_live = np.where(live[short] > 0, srt[short, np.maximum(live[short] - 1, 0)], np.inf)
     done = np.maximum(redo, last_live)
@@ -183,7 +215,7 @@ def sim_cocoi(
         if sc.failures:
             w[_failure_mask(rng, s, n, sc.failures)] = np.inf
             fresh = _worker_times(rng, c, (s, n), profile, sc)
-            kth = _need_with_resend(w, k, fresh)
+            kth = _need_with_resend(w, k, fresh, sc.noticed(w))
         else:
             kth = np.partition(w, k - 1, axis=1)[:, k - 1]
         rest = _master_time(rng, _scalar(c, "rest"), s, profile)
@@ -210,7 +242,8 @@ def sim_uncoded(
         fresh = _worker_times(rng, c, (s, n), profile, sc) if sc.failures else w
         rest = _master_time(rng, _scalar(c, "rest"), s, profile)
         coding = _coding_time(rng, c, s, profile)
-        out[a:b] = coding + np.maximum(_need_with_resend(w, n, fresh), rest)
+        done = _need_with_resend(w, n, fresh, sc.noticed(w))
+        out[a:b] = coding + np.maximum(done, rest)
     return out
 
 
@@ -237,7 +270,8 @@ def sim_replication(
         fresh = _worker_times(rng, c, (s, k), profile, sc) if sc.failures else pieces
         rest = _master_time(rng, _scalar(c, "rest"), s, profile)
         coding = _coding_time(rng, c, s, profile)
-        out[a:b] = coding + np.maximum(_need_with_resend(pieces, k, fresh), rest)
+        done = _need_with_resend(pieces, k, fresh, sc.noticed(w))
+        out[a:b] = coding + np.maximum(done, rest)
     return out
 
 

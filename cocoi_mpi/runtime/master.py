@@ -72,6 +72,8 @@ class Round:
     issued: int = 0  # subtasks created so far (streaming schemes add more)
     fault_key: int = 0  # (request, step) key of the injected faults
     sent: list = field(default_factory=list)  # this round's payload send requests
+    held: list[Pending] = field(default_factory=list)  # failures not yet noticed
+    first_reply_s: float | None = None  # send to arrival of the round's first reply
 
     @property
     def tag(self) -> int:
@@ -283,6 +285,7 @@ class MasterEngine(Transport, Ending, Engine):
             bytes_in=payload.nbytes,
             bytes_out=out_bytes,
             injected_delay_s=fault.injected,
+            injected_recv_s=fault.recv_delay,
             slowdown=fault.slowdown,
             sent_t=self.now(),
         )
@@ -324,35 +327,55 @@ class MasterEngine(Transport, Ending, Engine):
         """Wait until the scheme can decode, re-sending and streaming as it asks.
 
         A subtask still open at the round's deadline counts as failed for the round
-        (its receive stays posted: a late reply is still recorded)."""
+        (its receive stays posted: a late reply is still recorded). A failed worker's
+        notice is acted on when the scenario's detection notices it (held till then)."""
         code = rnd.code
         deadline = self.deadline(rnd)
         while not code.decodable(rnd.outputs):
+            self.notice_due(rnd)
             waiting = rnd.waiting()
-            if not waiting:
+            if not waiting and not rnd.held:
                 raise RoundShortfall(
                     f"round {rnd.round_id} ({rnd.spec.name}): {len(rnd.outputs)} of "
                     f"{code.n} subtasks replied and no live worker is left to ask; "
                     f"{code.describe()} cannot decode"
                 )
-            finished = self.wait_some(waiting, deadline)
+            finished = self.wait_some(waiting, earliest(deadline, self.next_notice(rnd)))
             if finished is None:
-                self.time_out(rnd, waiting)
-                deadline = self.deadline(rnd)
+                if deadline is not None and self.now() >= deadline:
+                    self.time_out(rnd, waiting)
+                    deadline = self.deadline(rnd)
                 continue
             for p in finished:
+                rnd.rows.append(p.row)
                 if p.row["status"] in ("failed", "dead"):
-                    rnd.rows.append(p.row)
                     self.on_failure(rnd, p)
                 elif p.row["status"] != "skipped":
-                    rnd.rows.append(p.row)
                     out = torch.from_numpy(p.buffer[: -len(TRAILER)]).view(p.shape)
                     rnd.outputs[p.index] = out
                     rnd.ranks[p.index] = p.rank
+                    if rnd.first_reply_s is None:
+                        rnd.first_reply_s = p.row["arrival_t"] - p.row["sent_t"]
                     self.place_arrival(rnd, p.index, out)
                     self.on_reply(rnd, p)
-                else:
-                    rnd.rows.append(p.row)
+
+    def noticed_at(self, rnd: Round, p: Pending) -> float | None:
+        """When the master learns of the failure ``p`` reported (None: not yet known)."""
+        after = self.faults.scenario.failure_detection.noticed_after(rnd.first_reply_s)
+        return None if after is None else p.row["sent_t"] + after
+
+    def next_notice(self, rnd: Round) -> float | None:
+        times = [t for p in rnd.held if (t := self.noticed_at(rnd, p)) is not None]
+        return min(times, default=None)
+
+    def notice_due(self, rnd: Round, everything: bool = False) -> None:
+        """Act on the held failures whose detection time came (all of them at a deadline)."""
+        now = self.now()
+        for p in list(rnd.held):
+            t = self.noticed_at(rnd, p)
+            if everything or (t is not None and t <= now):
+                rnd.held.remove(p)
+                self.act_on_failure(rnd, p)
 
     def place_arrival(self, rnd: Round, index: int, out: torch.Tensor) -> None:
         """A subtask that carries source pieces goes into the layer output at once,
@@ -366,7 +389,9 @@ class MasterEngine(Transport, Ending, Engine):
         return None if timeout is None else self.now() + timeout
 
     def time_out(self, rnd: Round, waiting: list[Pending]) -> None:
-        """The deadline passed: every open subtask of the round counts as failed."""
+        """The deadline passed: every open subtask of the round counts as failed, and
+        every failure not yet noticed is."""
+        self.notice_due(rnd, everything=True)
         for p in waiting:
             p.timed_out = True
             p.row["status"] = "timeout"
@@ -376,7 +401,15 @@ class MasterEngine(Transport, Ending, Engine):
             self.resend_if_needed(rnd, p.index)
 
     def on_failure(self, rnd: Round, p: Pending) -> None:
-        """A worker failed (said so, or died): re-send its input if the scheme needs it."""
+        """A worker failed (said so, or died). A death is seen at once; a notice when
+        the scenario's detection would have seen it (``noticed_at``)."""
+        if p.row["status"] == "failed" and not self.faults.scenario.failure_detection.immediate:
+            rnd.held.append(p)
+            return
+        self.act_on_failure(rnd, p)
+
+    def act_on_failure(self, rnd: Round, p: Pending) -> None:
+        """Re-send the failed subtask's input if the scheme needs it."""
         rnd.failed.add(p.index)
         rnd.down.add(p.rank)
         self.resend_if_needed(rnd, p.index)
@@ -414,3 +447,9 @@ class MasterEngine(Transport, Ending, Engine):
         if buffer is not None:
             self.lent.append((buffer, rnd.sent))
         self.reap_sends()
+
+
+def earliest(*times: float | None) -> float | None:
+    """The first of some moments (None: never)."""
+    known = [t for t in times if t is not None]
+    return min(known, default=None)

@@ -91,6 +91,7 @@ SUBTASK_DTYPE = np.dtype(
         ("bytes_in", "i8"),
         ("bytes_out", "i8"),
         ("injected_delay_s", "f8"),  # link + straggling delay the master decided (seeded)
+        ("injected_recv_s", "f8"),  # the part of it before computing (NaN: older traces)
         ("slowdown", "f8"),  # compute slowdown the master decided (scenario 3 straggler)
         ("worker_slept_s", "f8"),  # what the worker actually slept (delays + slowdown)
         ("worker_recv_s", "f8"),  # header to payload received, on the worker
