@@ -56,6 +56,11 @@ def _header(trace: Trace) -> list[str]:
     testbed = attrs.get("testbed")
     if isinstance(testbed, dict) and testbed.get("summary"):
         lines.append(f"Testbed     {_short(testbed['summary'], WIDTH - 12)}")
+    if config.get("preset"):
+        lines.append(f"Preset      {_short(config['preset'], WIDTH - 12)}")
+    injected = [f"{key} {config[key]}" for key in ("jitter", "detection") if key in config]
+    if injected:
+        lines.append(f"Injected    {', '.join(injected)}")
     if attrs.get("merged_from"):
         lines.append(f"Merged      {_short(_merged(attrs['merged_from']), WIDTH - 12)}")
     if attrs.get("git_commit"):

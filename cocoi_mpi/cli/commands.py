@@ -1,5 +1,5 @@
 """``cocoi``: the command group, with every command it has. The commands are in the modules
-beside this one: report and merge (trace_commands), plan, simulate and fit
+beside this one: report and merge (trace_commands), plan, simulate, predict and fit
 (latency_commands), codes, train and accuracy (code_commands), info and testbed
 (machine_commands); what they share is in common."""
 
@@ -9,7 +9,7 @@ import click
 
 from .code_commands import accuracy, codes, train
 from .common import CocoiGroup
-from .latency_commands import fit, plan, simulate
+from .latency_commands import fit, plan, predict, simulate
 from .machine_commands import info, testbed
 from .trace_commands import merge, report
 
@@ -19,7 +19,19 @@ def main() -> None:
     """CoCoI coded inference tools. The MPI job itself: mpirun ... python -m cocoi_mpi.run"""
 
 
-for _command in (report, merge, testbed, info, codes, plan, simulate, fit, train, accuracy):
+for _command in (
+    report,
+    merge,
+    testbed,
+    info,
+    codes,
+    plan,
+    simulate,
+    predict,
+    fit,
+    train,
+    accuracy,
+):
     main.add_command(_command)
 
 

@@ -138,6 +138,18 @@ def plan(
 @click.option("--lambda-tr", type=click.FloatRange(min=0), default=0.0, show_default=True)
 @click.option("--slow-workers", type=click.IntRange(min=0), default=0, show_default=True)
 @click.option(
+    "--jitter",
+    default="none",
+    show_default=True,
+    help="Injected device jitter, as the run option: none, builtin, fig14b, paper or CMP/TR.",
+)
+@click.option(
+    "--detection",
+    default="immediate",
+    show_default=True,
+    help="When failures are noticed, as the run option: immediate, after=S, timeout=F.",
+)
+@click.option(
     "--master-cost/--no-master-cost",
     default=True,
     show_default=True,
@@ -159,6 +171,8 @@ def simulate(
     failures: int,
     lambda_tr: float,
     slow_workers: int,
+    jitter: str,
+    detection: str,
     master_cost: bool,
     exact_widths: bool,
     samples: int,
@@ -191,7 +205,17 @@ def simulate(
                     f"{model} has no conv {layer!r}; convs: {names}", param_hint="--layer"
                 )
         shape = max(usable, key=lambda e: e.shape.local_flops).shape
-    scenario = Scenario(failures=failures, lambda_tr=lambda_tr, slow_workers=slow_workers)
+    from ..experiment.scenarios import parse_detection, parse_jitter
+
+    try:
+        injected = dict(jitter=parse_jitter(jitter), detection=parse_detection(detection))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if injected["detection"].kind == "never":
+        raise click.BadParameter("never needs a deadline; simulate it as after=SECONDS")
+    scenario = Scenario(
+        failures=failures, lambda_tr=lambda_tr, slow_workers=slow_workers, **injected
+    )
     t0 = time.perf_counter()
     try:
         results = run_simulation(
@@ -204,7 +228,8 @@ def simulate(
     click.echo(
         f"layer {shape.name}: {shape.c_in}x{shape.h_in}x{shape.w_in - sum(shape.pad_w)} -> "
         f"{shape.c_out}x{shape.h_out}x{shape.w_out}; n={n}, failures={failures}, "
-        f"lambda_tr={lambda_tr}, slow workers={slow_workers}, "
+        f"lambda_tr={lambda_tr}, slow workers={slow_workers}, jitter {jitter}, "
+        f"detection {detection}, "
         f"master cost {'on' if master_cost else 'off'}, {samples} draws"
     )
     click.echo(format_results(results, markdown=markdown))
@@ -241,3 +266,26 @@ def fit(trace: str, out: str, plot: str | None, method: str) -> None:
         with reported_as(RunError, ImportError):  # no matplotlib
             plot_cdfs(samples, profile, plot)
         click.echo(f"wrote {plot}")
+
+
+@click.command()
+@click.argument("trace", type=click.Path(dir_okay=False))
+@click.option(
+    "--profile",
+    "profile_path",
+    type=click.Path(dir_okay=False),
+    required=True,
+    help="Profile JSON from `cocoi fit` of a calibration run on the same testbed.",
+)
+@click.option("--samples", type=click.IntRange(min=100), default=2000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--markdown", is_flag=True, help="Print markdown tables.")
+def predict(trace: str, profile_path: str, samples: int, seed: int, markdown: bool) -> None:
+    """Each cell of TRACE measured beside the simulator's prediction, and the CoCoI /
+    uncoded ratio of each scenario level, measured and predicted."""
+    from ..latency.prediction import format_prediction, predict_trace
+    from ..traces.reader import read_trace
+
+    profile = _load_profile(profile_path)
+    cells = predict_trace(read_trace(trace), profile, samples, seed)
+    click.echo(format_prediction(cells, markdown=markdown))

@@ -29,6 +29,27 @@ def check(share: float, devices: int, repeats: int) -> None:
 
 
 @testbed.command()
+@click.option("--share", type=click.FloatRange(min=0.001), default=0.15, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=5), default=100, show_default=True)
+def scale(share: float, repeats: int) -> None:
+    """Time a fixed conv on a device confined to --share and print the `pi` preset's
+    time scale: how many times faster than a Pi 4B it computes, and the link speed
+    that keeps a Pi's compute-to-transfer proportions (jobs/testbed.sh PRESET=pi)."""
+    import os
+
+    from ..testbed.cgroups import TestbedError
+    from ..testbed.isolation import scale as measure
+
+    try:
+        result = measure(share, repeats, f"scale{os.getpid()}")
+    except TestbedError as exc:
+        raise click.ClickException(f"cannot confine a device: {exc}") from None
+    click.echo(f"link_mbps {result.link_mbps:.0f}")
+    click.echo(f"factor {result.factor:.2f}")
+    click.echo(result.derivation())
+
+
+@testbed.command()
 def cleanup() -> None:
     """Remove the empty cgroups killed ranks left behind (jobs/testbed.sh runs this)."""
     from ..testbed.cgroups import TestbedError, sweep_leftovers

@@ -231,6 +231,13 @@ OPTIONS: tuple[Option, ...] = (  # in the order --help lists them
         parse=lambda v: checked("detection", v, parse_detection),
     ),
     Option(
+        "preset",
+        "",
+        "What the emulated testbed stands for and how it was derived, recorded in the "
+        "trace (jobs/testbed.sh PRESET=pi|today sets it).",
+        show_default=False,
+    ),
+    Option(
         "code",
         "stable",
         "Generator: stable (systematic, searched for conditioning; one piece per "

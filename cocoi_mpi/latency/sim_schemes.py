@@ -100,8 +100,8 @@ def _worker_times(
     sc: Scenario,
 ) -> np.ndarray:
     """Receive + compute + send of one subtask per entry; axis 1 is the worker."""
-    rec_mean = _scalar(c, "rec") * profile.rec.unit_mean
-    sen_mean = _scalar(c, "sen") * profile.sen.unit_mean
+    rec_min = _scalar(c, "rec") * profile.rec.theta
+    sen_min = _scalar(c, "sen") * profile.sen.theta
     t = profile.rec.sample(rng, _scalar(c, "rec"), shape)
     t += profile.sen.sample(rng, _scalar(c, "sen"), shape)
     cmp = profile.cmp.sample(rng, _scalar(c, "cmp"), shape)
@@ -109,12 +109,11 @@ def _worker_times(
         cmp[:, : sc.slow_workers] *= _slowdown(rng, sc, cmp.ndim, shape[0])
     if not sc.jitter.off:  # as FaultModel.fault injects it: ratios of the minimums
         cmp *= 1.0 + sc.jitter.cmp * rng.standard_exponential(shape)
-        link = _scalar(c, "rec") * profile.rec.theta + _scalar(c, "sen") * profile.sen.theta
-        t += sc.jitter.tr * link * rng.standard_exponential(shape)
+        t += sc.jitter.tr * rec_min * rng.standard_exponential(shape)
+        t += sc.jitter.tr * sen_min * rng.standard_exponential(shape)
     t += cmp
-    if sc.lambda_tr > 0:
-        t += rng.exponential(sc.lambda_tr * rec_mean, shape)
-        t += rng.exponential(sc.lambda_tr * sen_mean, shape)
+    if sc.lambda_tr > 0:  # as the runtime: one Exp(lambda_tr x the link time of both)
+        t += rng.exponential(sc.lambda_tr * (rec_min + sen_min), shape)
     return t
 
 

@@ -17,16 +17,19 @@ which replies the master waits for (one draw function each,
   LT scheme's Robust Soliton pmf (:mod:`cocoi_mpi.latency.soliton`, same c and delta).
 
 Re-sending (uncoded, replication, and any scheme left with too few live workers):
-the master knows at once that a worker failed (ULFM reports it within milliseconds)
-and gives each missing piece to the next live worker to finish its own work, which
-then does a full round trip (receive, compute, send) for it.
+once the master notices that a worker failed (at once by default; after a delay, a
+timeout or at the deadline as the scenario's ``detection`` says) it gives each missing
+piece to the next live worker to finish its own work, which then does a full round
+trip (receive, compute, send) for it. Device jitter (``jitter``) is drawn as the
+runtime injects it: compute x (1 + rho_cmp E), each transfer + rho_tr E x its minimum.
 
 Scenarios (section VI, defined in :mod:`cocoi_mpi.experiment.scenarios`; :class:`Scenario` here
 lets them combine): ``failures`` workers chosen at random per draw never reply
-(scenario 2); ``lambda_tr`` adds Exp(scale lambda_tr * mean transmission time) to
-every receive and send (scenario 1); ``slow_workers`` workers compute ``slow_factor``
-times slower, in a draw with probability ``slow_prob`` (scenario 3: 85.2 s vs 50.8 s
-for VGG16 on a Pi). ``Scenario.of`` turns a run's scenario into the simulator's.
+(scenario 2); ``lambda_tr`` adds Exp(scale lambda_tr * minimum transmission time of
+the receive and the send) to each subtask, one draw, as the runtime does (scenario 1);
+``slow_workers`` workers compute ``slow_factor`` times slower, in a draw with
+probability ``slow_prob`` (scenario 3: 85.2 s vs 50.8 s for VGG16 on a Pi).
+``Scenario.of`` turns a run's scenario into the simulator's.
 
 Widths: ``relaxed=True`` (the default) uses W_O^p = W_O/(k*m) as a real number, as
 the paper's analysis does, so n may exceed the layer's width (n = 1000 on a

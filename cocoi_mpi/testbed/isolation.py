@@ -129,3 +129,42 @@ def table(results: list[Measurement], share: float, devices: int) -> list[str]:
             f"| {name} | {idle.mean_s * 1e3:.1f} | {busy.mean_s * 1e3:.1f} | {change:+.1%} |"
         )
     return lines
+
+
+# The paper's device: a Raspberry Pi 4B computes VGG16's convs at 1.645 ns per FLOP
+# (50.8 s x 99.43 % for 30.7 GFLOP, appendix A) over ~100 Mbit/s WiFi (appendix B).
+PI_NS_PER_FLOP = 50.8 * 0.9943 / 30.7e9 * 1e9
+PI_LINK_MBPS = 100.0
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How many times faster than a Pi a confined device computes, and the link that
+    keeps a Pi's proportions of compute to transfer at that speed."""
+
+    share: float
+    ns_per_flop: float
+
+    @property
+    def factor(self) -> float:
+        return PI_NS_PER_FLOP / self.ns_per_flop
+
+    @property
+    def link_mbps(self) -> float:
+        return PI_LINK_MBPS * self.factor
+
+    def derivation(self) -> str:
+        return (
+            f"pi: a {self.share:g}-core device computes at {self.ns_per_flop:.3f} ns/FLOP, "
+            f"{self.factor:.1f}x a Pi 4B's {PI_NS_PER_FLOP:.3f}; so the Pi's "
+            f"{PI_LINK_MBPS:g} Mbit/s WiFi becomes {self.link_mbps:.0f} Mbit/s and every "
+            f"time is {self.factor:.1f}x shorter than on the Pis (cocoi testbed scale)"
+        )
+
+
+def scale(share: float, repeats: int, tag: str) -> Scale:
+    """Time the fixed conv on one device confined to ``share``, neighbours absent."""
+    if share <= 0:
+        raise TestbedError("scale needs a share > 0: an unconfined device is not a device")
+    m = measure(share, 1, False, repeats, tag)
+    return Scale(share, m.mean_s / conv_flops() * 1e9)
