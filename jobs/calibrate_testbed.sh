@@ -5,10 +5,14 @@
 # emulated link. The profile feeds planning: cocoi plan --profile, run --k auto.
 #   ./jobs/calibrate_testbed.sh            -> results/testbed_profile.json (+ CDF plot)
 #   SHARE=0.1 ./jobs/calibrate_testbed.sh  (the testbed settings of jobs/testbed.sh)
+#   PRESET=pi OUT=results/testbed_pi_calibration.h5 PROFILE=results/testbed_pi_profile.json \
+#       ./jobs/calibrate_testbed.sh        (the pi preset; JITTER=paper calibrates a level)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
 OUT=${OUT:-results/testbed_calibration.h5}
-./jobs/testbed.sh --config jobs/calibrate_testbed.toml --out "$OUT" --quiet
-cocoi fit "$OUT" --out results/testbed_profile.json --plot results/testbed_fit_cdf.png
-cocoi plan --model vgg16 --n 10 --profile results/testbed_profile.json
+PROFILE=${PROFILE:-results/testbed_profile.json}
+./jobs/testbed.sh --config jobs/calibrate_testbed.toml --out "$OUT" --quiet \
+    --jitter "${JITTER:-none}"
+cocoi fit "$OUT" --out "$PROFILE" --plot "${PROFILE%.json}_cdf.png"
+cocoi plan --model vgg16 --n 10 --m 1 --profile "$PROFILE"

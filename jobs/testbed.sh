@@ -8,7 +8,10 @@
 #   PRESET=pi: the paper's proportions. `cocoi testbed scale` times a conv on one
 #     confined device (a few seconds) and the link becomes 100 Mbit/s x how many times
 #     faster than a Pi 4B the device computes; every time is then that many times
-#     shorter than on the Pis. The derivation goes into the trace (--preset).
+#     shorter than on the Pis. The derivation goes into the trace (--preset). It is
+#     measured once per machine and kept in $SCALE_FILE (default
+#     results/testbed_pi_scale.txt), so every run of a study has the same link;
+#     remove the file to measure again.
 #   ./jobs/testbed.sh --model lenet5 --requests 5
 #   PRESET=pi ./jobs/testbed.sh --config jobs/map_pi.toml --out results/map.h5
 #   SHARE=0.1 MASTER_SHARE=0.5 MBPS=50 ./jobs/testbed.sh ...
@@ -26,7 +29,13 @@ case "${PRESET:-today}" in
         NOTE="today: ${SHARE}-core workers, a ${MASTER_SHARE}-core master, ${MBPS} Mbit/s per transfer"
         ;;
     pi)
-        SCALE="$(cocoi testbed scale --share "$SHARE")"
+        SCALE_FILE="${SCALE_FILE:-results/testbed_pi_scale.txt}"
+        if [[ ! -s "$SCALE_FILE" ]]; then
+            mkdir -p "$(dirname "$SCALE_FILE")"
+            cocoi testbed scale --share "$SHARE" > "$SCALE_FILE.tmp"
+            mv "$SCALE_FILE.tmp" "$SCALE_FILE"
+        fi
+        SCALE="$(cat "$SCALE_FILE")"
         MBPS="${MBPS:-$(sed -n 's/^link_mbps //p' <<<"$SCALE")}"
         NOTE="$(tail -n 1 <<<"$SCALE"); ${SHARE}-core workers, a ${MASTER_SHARE}-core master, ${MBPS} Mbit/s per transfer"
         ;;

@@ -102,8 +102,8 @@ def predict_trace(
     cache: dict[tuple, float] = {}
     cells: dict[tuple, list[tuple[float, float, float]]] = {}
     for i in range(req["request"].size):
-        scheme = str(req["scheme"][i])
-        if scheme not in SIMULATED:
+        scheme = str(req["scheme"][i])  # the sweep's label: cocoi:auto, cocoi:6, uncoded
+        if scheme.split(":")[0] not in SIMULATED:
             continue
         kind, level = int(req["scenario"][i]), float(req["level"][i])
         scenario = run_scenario(config, kind, level)
@@ -130,7 +130,7 @@ def round_mean(
     samples: int, seed: int,
 ) -> float:  # fmt: skip
     """The simulated mean latency of one round."""
-    sim = SIMULATED[scheme]
+    sim = SIMULATED[scheme.split(":")[0]]
     res = simulate(
         shape, n, profile, (sim,), k=k if sim == "cocoi" else None, m=1, scenario=scenario,
         samples=samples, seed=seed,
@@ -139,18 +139,19 @@ def round_mean(
 
 
 def ratio_rows(cells: Sequence[CellPrediction], scheme: str = "cocoi") -> list[dict]:
-    """Per scenario level: ``scheme`` over uncoded, measured and predicted."""
+    """Per scenario level and ``scheme`` label (cocoi, cocoi:auto, cocoi:6...): its mean
+    latency over uncoded's, measured and predicted."""
     index = {(c.scheme, c.scenario, c.level): c for c in cells}
     rows = []
     for c in cells:
         base = index.get((BASELINE_SCHEME, c.scenario, c.level))
-        if c.scheme != scheme or base is None:
+        if c.scheme.split(":")[0] != scheme or base is None:
             continue
         measured = c.measured_s / base.measured_s
         predicted = c.predicted_s / base.predicted_s
         rows.append(
-            dict(scenario=c.scenario, level=c.level, measured=measured, predicted=predicted,
-                 gap=predicted / measured - 1.0)
+            dict(scheme=c.scheme, scenario=c.scenario, level=c.level, measured=measured,
+                 predicted=predicted, gap=predicted / measured - 1.0)
         )  # fmt: skip
     return rows
 
@@ -165,10 +166,10 @@ def format_prediction(cells: Sequence[CellPrediction], markdown: bool = False) -
         for c in cells
     ]  # fmt: skip
     ratios = ratio_rows(cells)
-    head2 = ["scen", "level", "CoCoI/uncoded measured", "predicted", "gap"]
+    head2 = ["scen", "level", "scheme", "over uncoded, measured", "predicted", "gap"]
     body2 = [
-        [str(r["scenario"]), f"{r['level']:g}", f"{r['measured']:.3f}", f"{r['predicted']:.3f}",
-         f"{100 * r['gap']:+.1f}%"]
+        [str(r["scenario"]), f"{r['level']:g}", r["scheme"], f"{r['measured']:.3f}",
+         f"{r['predicted']:.3f}", f"{100 * r['gap']:+.1f}%"]
         for r in ratios
     ]  # fmt: skip
     return table(head, body, markdown) + "\n\n" + table(head2, body2, markdown)

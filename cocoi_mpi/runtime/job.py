@@ -63,7 +63,7 @@ def run_job(
             meta = {"testbed": devices.meta} if devices.meta else {}
             result = run_master(sub, cfg, echo, meta), False
         else:
-            result = 0, run_worker(sub)
+            result = 0, run_worker(sub, confined=devices.confinement is not None)
         release(sub, deaths=result[1])
     finally:
         devices.release()

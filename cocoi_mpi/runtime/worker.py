@@ -128,6 +128,7 @@ class WorkerLoop:
     specs: dict[int, ConvSpec | BlockSpec]
     queue: deque = field(default_factory=deque)
     done: set = field(default_factory=set)
+    confined: bool = False  # an emulated device (cgroup CPU share): see stretch
     stopping: bool = False
     sends: list = field(default_factory=list)  # (round, row, send_s) for the master's trace
     computed: int = 0
@@ -216,10 +217,10 @@ class WorkerLoop:
         except Exception as exc:  # reported to the master as data, then the task is closed
             self.report_error(task, exc)
             return self.reply_code(task, SKIPPED)
-        t1 = MPI.Wtime()
+        t1, c1 = MPI.Wtime(), time.process_time()
         self.compute_s += t1 - t0
-        self.compute_cpu_s += time.process_time() - c0
-        slept += self.pause((task.slowdown - 1.0) * (t1 - t0))
+        self.compute_cpu_s += c1 - c0
+        slept += self.stretch(task.slowdown, t1 - t0, c1 - c0)
         if self.finished(task):
             return self.reply_code(task, SKIPPED)
         slept += self.pause(task.send_delay)
@@ -227,6 +228,27 @@ class WorkerLoop:
         self.send_reply(task, out.numpy().ravel(), trailer)
         self.computed += 1
         self.done = {r for r in self.done if r > task.round}
+
+    def stretch(self, slowdown: float, wall_s: float, cpu_s: float) -> float:
+        """Make the compute take ``slowdown`` times as long; the seconds it added.
+
+        A confined worker (the testbed) does the work: it spins for (slowdown - 1)
+        times the CPU time the compute used, within its quota, so the device is busy
+        as a slower one would be. Sleeping instead would let the quota refill, and the
+        next compute would run faster than the device (measured: the jittered
+        calibration's compute came out 27 % faster per FLOP with sleeps). Unconfined,
+        it sleeps: spinning would take CPU from the ranks beside it."""
+        extra = slowdown - 1.0
+        if extra <= 0:
+            return 0.0
+        if not self.confined:
+            return self.pause(extra * wall_s)
+        t0 = MPI.Wtime()
+        until = time.process_time() + extra * cpu_s
+        while time.process_time() < until:
+            pass
+        self.drain(block=False)
+        return MPI.Wtime() - t0
 
     def pause(self, seconds: float) -> float:
         """Sleep an injected delay, then take the control messages that came meanwhile."""
@@ -322,8 +344,9 @@ def keep_serving_on_signals() -> None:
         signal.signal(sig, lambda *_: None)
 
 
-def run_worker(comm: MPI.Comm) -> bool:
-    """A worker's whole life: setup, serve, hand the log to the master.
+def run_worker(comm: MPI.Comm, confined: bool = False) -> bool:
+    """A worker's whole life: setup, serve, hand the log to the master. ``confined``:
+    this rank is an emulated device (its CPU share), see ``WorkerLoop.stretch``.
 
     Returns whether the master reported a dead rank (then nobody may Finalize)."""
     keep_serving_on_signals()
@@ -332,7 +355,7 @@ def run_worker(comm: MPI.Comm) -> bool:
     except SetupAborted:
         return False
     comm.gather(socket.gethostname(), root=0)
-    loop = WorkerLoop(comm, specs)
+    loop = WorkerLoop(comm, specs, confined=confined)
     loop.gc.freeze()  # the weights and the rest of set-up's heap: never scanned again
     try:
         loop.serve()
