@@ -13,10 +13,14 @@ OUT=${OUT:-results/map}
 JITTERS=${JITTERS:-none builtin paper}
 DETECTIONS=${DETECTIONS:-immediate timeout=1.5}
 LAMBDA_JITTERS=${LAMBDA_JITTERS:-none paper}
-BASE_PROFILE=${BASE_PROFILE:-results/testbed_pi_profile.json}
+# The calibrated profiles: $PROFILE_PREFIX.json at no jitter, ${PROFILE_PREFIX}_<level>.json
+# per level (cocoi fit of jobs/calibrate_testbed.sh's traces; --within-rounds for the
+# results/testbed_pi_wr_profile* ones, docs/map.md).
+PROFILE_PREFIX=${PROFILE_PREFIX:-results/testbed_pi_profile}
+BASE_PROFILE=${BASE_PROFILE:-$PROFILE_PREFIX.json}
 mkdir -p "$OUT"
 profile_for() {  # the calibrated profile of a jitter level (the level none: the base)
-    local p="results/testbed_pi_profile_$1.json"
+    local p="${PROFILE_PREFIX}_$1.json"
     [[ "$1" == none || ! -f "$p" ]] && p="$BASE_PROFILE"
     echo "$p"
 }

@@ -246,13 +246,30 @@ def simulate(
     default="mle",
     show_default=True,
 )
-def fit(trace: str, out: str, plot: str | None, method: str) -> None:
+@click.option(
+    "--empirical",
+    is_flag=True,
+    help="Keep the workers' measured per-unit times for the simulator to resample, where "
+    "eq. 7 fits badly (a quota-confined testbed device); mu and theta are still given.",
+)
+@click.option(
+    "--within-rounds",
+    is_flag=True,
+    help="Fit the compute excess over each round's own minimum: per-layer speed "
+    "differences then do not count as straggling (docs/map.md).",
+)
+def fit(
+    trace: str, out: str, plot: str | None, method: str, empirical: bool, within_rounds: bool
+) -> None:
     """Fit (mu, theta) of master, receive, compute and send from a trace (appendix B)."""
     from ..latency.fit import fit_samples, plot_cdfs, trace_samples
     from ..traces.reader import read_trace
 
     samples = trace_samples(read_trace(trace))
-    profile = fit_samples(samples, method, source=trace)
+    try:
+        profile = fit_samples(samples, method, trace, empirical, within_rounds)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
     profile.save(out)
     click.echo(f"{'phase':6s} {'theta':>12s} {'1/mu':>12s} {'KS':>7s} {'samples':>8s}")
     for phase in ("m", "rec", "cmp", "sen", "code")[: 4 + (profile.code is not None)]:

@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import ResultError
 from ..experiment.scenarios import transfer_s
 from .counts import BYTES_PER_VALUE, coding_bytes
-from .profile import CODE_PHASE, PHASES, Profile, ShiftExp, se_cdf
+from .profile import CODE_PHASE, PHASES, Empirical, Profile, ShiftExp, se_cdf
 
 FIT_METHODS = ("mle", "unbiased", "quantile")
 USABLE_STATUSES = ("used", "late")
@@ -95,6 +95,42 @@ def fit_shift_exp(
     return Fit(mu, theta, ks_distance(x, mu, theta), int(x.size))
 
 
+def fit_within_groups(
+    t: np.ndarray, n_scale: np.ndarray, groups: np.ndarray, min_size: int = 3
+) -> Fit:
+    """Fit one exponential excess over a shift of each group's own (its round's).
+
+    Per FLOP, a device computes some layers faster than others (their shapes suit
+    the conv kernels differently): pooled over layers, that systematic spread looks
+    like straggling, and the planner then buys redundancy against it. Within a
+    round every worker runs the same layer, so the spread there is the straggling.
+    MLE with a shift per group: 1/mu = sum(x - min_g) / sum(m_g - 1); theta is the
+    groups' mean shift, min_g - (1/mu)/m_g, weighted by m_g. Groups smaller than
+    ``min_size`` are left out; the KS distance is of the others' excess over each
+    group's minimum against Exp(mu) (which, memoryless, it is if the model holds)."""
+    t, n_scale, groups = (np.asarray(a) for a in (t, n_scale, groups))
+    ok = np.isfinite(t) & np.isfinite(n_scale) & (t > 0) & (n_scale > 0)
+    x, g = t[ok] / n_scale[ok], groups[ok]
+    excess_sum, dof, shifts, sizes, excesses = 0.0, 0, [], [], []
+    for key in np.unique(g):
+        xs = x[g == key]
+        if xs.size < min_size:
+            continue
+        lo = float(xs.min())
+        excess_sum += float((xs - lo).sum())
+        dof += xs.size - 1
+        shifts.append(lo)
+        sizes.append(xs.size)
+        excesses.append(np.sort(xs)[1:] - lo)  # above the minimum: Exp(mu), memoryless
+    if dof < 2:
+        raise ValueError(f"need rounds of at least {min_size} samples to fit within rounds")
+    excess = max(excess_sum / dof, 1e-300)
+    sizes_a = np.asarray(sizes, dtype=float)
+    theta = float(np.average(np.asarray(shifts) - excess / sizes_a, weights=sizes_a))
+    pooled = np.concatenate(excesses)
+    return Fit(1.0 / excess, max(theta, 0.0), ks_distance(pooled, 1.0 / excess, 0.0), int(x.size))
+
+
 # --------------------------------------------------------------------------- traces
 
 
@@ -145,6 +181,7 @@ def trace_samples(trace: object) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         CODE_PHASE: coding_samples(rounds, subtasks),
         "rec": (subtasks["worker_recv_s"][ok] + extra_in, bytes_in),
         "cmp": (subtasks["worker_compute_s"][ok] * slowdown, n_cmp),
+        CMP_ROUNDS: (np.asarray(sub_round), np.ones(sub_round.size)),
         "sen": used_only(subtasks, ok, subtasks["worker_send_s"][ok] + extra_out, bytes_out),
     }
 
@@ -206,10 +243,25 @@ def coding_samples(rounds: Mapping, subtasks: Mapping) -> tuple[np.ndarray, np.n
     return np.array(t, dtype=float), np.array(scale, dtype=float)
 
 
+EMPIRICAL_PHASES = ("rec", "cmp", "sen")
+CMP_ROUNDS = "cmp_rounds"  # trace_samples: the round of each compute sample
+EMPIRICAL_MAX = 2000  # per-unit times kept per phase (an even subsample past it)
+
+
 def fit_samples(
-    samples: Mapping[str, tuple[np.ndarray, np.ndarray]], method: str = "mle", source: str = ""
+    samples: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    method: str = "mle",
+    source: str = "",
+    empirical: bool = False,
+    within_rounds: bool = False,
 ) -> Profile:
-    """A Profile from (durations, scales) per phase; KS distances kept in ``ks``."""
+    """A Profile from (durations, scales) per phase; KS distances kept in ``ks``.
+
+    ``empirical``: the workers' phases keep the measured per-unit times themselves
+    (:class:`cocoi_mpi.latency.profile.Empirical`) for the simulator to resample; the
+    shift-exponential fit is still made, and its KS kept, to say how far it was off.
+    ``within_rounds``: the compute phase is fitted over each round's own shift
+    (:func:`fit_within_groups`), needing the samples' rounds (``CMP_ROUNDS``)."""
     fits = {}
     for phase in PHASES:
         t, n_scale = samples[phase]
@@ -217,22 +269,45 @@ def fit_samples(
             fits[phase] = fit_shift_exp(t, n_scale, method)
         except ValueError as exc:
             raise TraceFitError(f"{source or 'samples'}: phase {phase!r}: {exc}") from None
+    if within_rounds:
+        if CMP_ROUNDS not in samples:
+            raise TraceFitError(f"{source or 'samples'}: no rounds to fit compute within")
+        try:
+            fits["cmp"] = fit_within_groups(*samples["cmp"], samples[CMP_ROUNDS][0])
+        except ValueError as exc:
+            raise TraceFitError(f"{source or 'samples'}: phase 'cmp': {exc}") from None
     unfitted = {}  # optional phases without enough samples, and why
     if CODE_PHASE in samples:  # learned-code runs have no conv rounds to fit it from
         try:
             fits[CODE_PHASE] = fit_shift_exp(*samples[CODE_PHASE], method)
         except ValueError as exc:
             unfitted[CODE_PHASE] = str(exc)  # the profile then prices coding per FLOP
+    phases = {p: f.shift_exp for p, f in fits.items()}
+    if empirical:
+        phases.update({p: empirical_phase(*samples[p]) for p in EMPIRICAL_PHASES})
     return Profile(
-        **{p: f.shift_exp for p, f in fits.items()},
+        **phases,
         ks={p: f.ks for p, f in fits.items()},
         meta={
             "source": source,
-            "method": method,
+            "method": method
+            + (", compute within rounds" if within_rounds else "")
+            + (", empirical rec/cmp/sen" if empirical else ""),
             "samples": {p: f.count for p, f in fits.items()},
             **({"unfitted": unfitted} if unfitted else {}),
         },
     )
+
+
+def empirical_phase(t: np.ndarray, n_scale: np.ndarray) -> Empirical:
+    """The usable per-unit times t / N, sorted, at most EMPIRICAL_MAX (evenly spaced
+    ranks past it, so the distribution keeps its shape)."""
+    t, n_scale = np.asarray(t, dtype=float), np.asarray(n_scale, dtype=float)
+    ok = np.isfinite(t) & np.isfinite(n_scale) & (t > 0) & (n_scale > 0)
+    units = np.sort(t[ok] / n_scale[ok])
+    if units.size > EMPIRICAL_MAX:
+        units = units[np.linspace(0, units.size - 1, EMPIRICAL_MAX).round().astype(int)]
+    return Empirical(tuple(float(u) for u in units))
 
 
 def fit_trace(path: str | os.PathLike[str], method: str = "mle") -> Profile:

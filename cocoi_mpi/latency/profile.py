@@ -80,6 +80,68 @@ class ShiftExp:
         return ShiftExp(self.mu / factor, self.theta * factor)
 
 
+@dataclass(frozen=True)
+class Empirical:
+    """A phase as measured: the per-unit times of a calibration (t / N), resampled.
+
+    Where eq. 7 fits badly (a testbed device confined by a CPU quota computes at full
+    speed until its quota for the period is spent, then stops: not an exponential
+    excess), the simulator draws from what was measured instead. ``mu`` and ``theta``
+    are the moments' shift-exponential (minimum, and mean excess), so closed-form
+    planning (k°) still has numbers to use.
+    """
+
+    units: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.units) < 2 or not all(math.isfinite(u) and u > 0 for u in self.units):
+            raise ValueError("an empirical phase needs at least 2 positive finite times")
+
+    @property
+    def theta(self) -> float:
+        return float(min(self.units))
+
+    @property
+    def unit_mean(self) -> float:
+        return float(np.mean(self.units))
+
+    @property
+    def mu(self) -> float:
+        return 1.0 / max(self.unit_mean - self.theta, 1e-300)
+
+    def mean(self, n_scale: Any = 1.0) -> np.ndarray | float:
+        return np.asarray(n_scale, dtype=float) * self.unit_mean
+
+    def cdf(self, t: Any, n_scale: Any = 1.0) -> np.ndarray:
+        per_unit = np.asarray(t, dtype=float) / np.asarray(n_scale, dtype=float)
+        units = np.sort(np.asarray(self.units))
+        return np.searchsorted(units, per_unit, side="right") / units.size
+
+    def sample(self, rng: np.random.Generator, n_scale: Any = 1.0, size: Any = None) -> np.ndarray:
+        n_scale = np.asarray(n_scale, dtype=float)
+        if size is None:
+            size = n_scale.shape
+        return n_scale * rng.choice(np.asarray(self.units), size=size)
+
+    def scaled(self, factor: float) -> Empirical:
+        return Empirical(tuple(u * factor for u in self.units))
+
+
+Phase = ShiftExp | Empirical
+
+
+def phase_from_dict(data: dict[str, Any]) -> Phase:
+    if "units" in data:
+        return Empirical(tuple(float(u) for u in data["units"]))
+    return ShiftExp(float(data["mu"]), float(data["theta"]))
+
+
+def phase_to_dict(phase: Phase) -> dict[str, Any]:
+    if isinstance(phase, Empirical):  # mu, theta too, for readers of the file
+        return {"units": list(phase.units), "mu": phase.mu, "theta": phase.theta}
+    return asdict(phase)
+
+
 # --------------------------------------------------------------------------- profile
 
 
@@ -97,27 +159,27 @@ class Profile:
     """
 
     m: ShiftExp
-    rec: ShiftExp
-    cmp: ShiftExp
-    sen: ShiftExp
+    rec: Phase
+    cmp: Phase
+    sen: Phase
     code: ShiftExp | None = None
     ks: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def phase(self, name: str) -> ShiftExp:
+    def phase(self, name: str) -> Phase:
         if name == CODE_PHASE and self.code is not None:
             return self.code
         if name not in PHASES:
             raise KeyError(f"unknown phase {name!r}; expected one of {PHASES}")
         return getattr(self, name)
 
-    def with_phase(self, name: str, value: ShiftExp) -> Profile:
+    def with_phase(self, name: str, value: Phase) -> Profile:
         """A copy with one phase replaced (what-if studies, tests)."""
         self.phase(name)
         return replace(self, **{name: value})
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {p: asdict(self.phase(p)) for p in PHASES}
+        out: dict[str, Any] = {p: phase_to_dict(self.phase(p)) for p in PHASES}
         out["units"] = {"m": "s/FLOP", "cmp": "s/FLOP", "rec": "s/byte", "sen": "s/byte"}
         if self.code is not None:
             out[CODE_PHASE] = asdict(self.code)
@@ -129,7 +191,7 @@ class Profile:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Profile:
         try:
-            phases = {p: ShiftExp(float(data[p]["mu"]), float(data[p]["theta"])) for p in PHASES}
+            phases = {p: phase_from_dict(data[p]) for p in PHASES}
             if CODE_PHASE in data:
                 code = data[CODE_PHASE]
                 phases[CODE_PHASE] = ShiftExp(float(code["mu"]), float(code["theta"]))
