@@ -25,10 +25,8 @@ def rows_of(path: str, profile: Profile, samples: int) -> list[dict]:
     index = {(c.scheme, c.scenario, c.level): c for c in cells}
     out = []
     for r in ratio_rows(cells):
-        c, u = (
-            index[("cocoi", r["scenario"], r["level"])],
-            index[("uncoded", r["scenario"], r["level"])],
-        )
+        key = (r["scenario"], r["level"])
+        c, u = index[(r["scheme"], *key)], index[("uncoded", *key)]
         out.append(
             dict(
                 scheme=r["scheme"],
@@ -70,19 +68,22 @@ def plot(rows: list[dict], out: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 4.2))
+    fig, ax = plt.subplots(figsize=(12, 4.6))
+    short = {"immediate": "imm", "timeout=1.5": "t1.5"}
     labels = [
-        f"{r['jitter']}\n{r['detection'] if r['scenario'] != 1 else ''}\n"
-        f"{'n_f' if r['scenario'] != 1 else 'λ'}={r['level']:g}"
+        f"{r['jitter']} {short.get(r['detection'], r['detection'])} n_f={r['level']:g}"
+        if r["scenario"] != 1
+        else f"{r['jitter']} λ={r['level']:g}"
         for r in rows
     ]
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["measured"] for r in rows], 0.4, label="measured")
     ax.bar([i + 0.2 for i in x], [r["predicted"] for r in rows], 0.4, label="simulated")
     ax.axhline(1.0, color="k", lw=0.8)
-    ax.set_xticks(list(x), labels, fontsize=6)
+    ax.set_xticks(list(x), labels, fontsize=7, rotation=55, ha="right")
+    ax.set_ylim(0.5, max(1.4, max(r["measured"] for r in rows) + 0.05))
     ax.set_ylabel("CoCoI-k° / uncoded mean latency")
-    ax.set_title("pi preset, VGG16, n = 10: below 1, coding pays")
+    ax.set_title("pi preset, VGG16, n = 10: below 1, coding pays (imm: immediate detection)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=130)

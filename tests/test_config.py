@@ -134,11 +134,26 @@ def test_config_error_is_a_value_error():
         ({"silent": [1, 9], "n": 3, "k": 1}, 11, "silent ranks \\[9\\] .* 1..3"),
         ({"silent": "1,2,3", "k": 2}, 5, "3 silent workers exceed"),
         ({"silent": "a,b"}, 5, "silent must be a comma-separated list"),
+        ({"jitter": "loud"}, 5, "jitter must be one of none, builtin"),
+        ({"detection": "soon"}, 5, "detection must be immediate"),
+        ({"detection": "never", "round_timeout": "off"}, 5, "detection never needs a round"),
+        ({"detection": "timeout=2", "round_timeout": "off"}, 5, "needs a round deadline"),
     ],
 )
 def test_bad_settings_are_named(overrides, world, match):
     with pytest.raises(ConfigError, match=match):
         build_config(None, overrides, world)
+
+
+def test_jitter_and_detection_reach_the_scenario(tmp_path):
+    from cocoi_mpi.experiment.config import scenario_of
+
+    path = tmp_path / "c.toml"
+    path.write_text('jitter = "paper"\ndetection = "after=0.5"\nscenario = 2\nfailures = 1\n')
+    cfg = build_config(str(path), {}, 5)
+    sc = scenario_of(cfg)
+    assert (sc.jitter, sc.detection) == ("paper", "after=0.5")
+    assert sc.failure_detection.value == 0.5 and sc.device_jitter.cmp == 0.25
 
 
 @pytest.mark.parametrize("world", [1, 0])

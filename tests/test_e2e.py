@@ -348,8 +348,13 @@ def test_config_file_and_cli_precedence(tmp_path):
 
 
 def test_same_seed_same_injected_faults(tmp_path):
-    """Two runs with one seed: the same failed subtasks and injected delays, row by row."""
+    """Two runs with one seed: the same failed subtasks and injected delays, row by row,
+    device jitter included; failures noticed after a heartbeat (issue 18)."""
     args = [
+        "--jitter",
+        "0.5/0.5",
+        "--detection",
+        "after=0.05",
         "--model",
         "lenet5",
         "--scheme",
@@ -393,6 +398,14 @@ def test_same_seed_same_injected_faults(tmp_path):
         faults.append((failed, delays))
     assert faults[0][0], "scenario 3 with one failure per round produced no failure"
     assert faults[0] == faults[1]
+    assert len({f for *_, f in faults[0][1]}) > len(faults[0][1]) // 2  # jitter per subtask
+    trace = read_trace(tmp_path / "a.h5")
+    assert (trace.config["jitter"], trace.config["detection"]) == ("0.5/0.5", "after=0.05")
+    report = subprocess.run(
+        [sys.executable, "-m", "cocoi_mpi.cli", "report", str(tmp_path / "a.h5")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert "Injected    jitter 0.5/0.5, detection after=0.05" in report.stdout, report.stdout
 
 
 def test_sweep_config_runs_every_cell(tmp_path):

@@ -237,3 +237,16 @@ def test_injected_jitter_adds_its_ratio_of_each_minimum():
     assert np.std(jit.draws) > 0 and np.std(plain.draws) < 1e-6 * plain.mean
     both = Scenario(jitter=Jitter(0.5, 1.0))
     assert simulate(VGG, 10, prof, ("uncoded",), scenario=both, samples=4000)[0].mean > jit.mean
+
+
+def test_resend_at_notice_goes_to_a_free_worker_or_queues_behind_a_busy_one():
+    inf = np.inf
+    times = np.array([[1.0, inf, 3.0, 4.0]])
+    fresh = np.full((1, 4), 10.0)
+    rng = np.random.default_rng(0)
+    # noticed at 2: worker 0 is free since 1, so the piece starts at 2
+    assert _need_with_resend(times, 4, fresh, np.array([2.0]), rng)[0] == 12.0
+    # noticed at once: nobody is free; it waits behind a busy worker, any of the three
+    got = {float(_need_with_resend(times, 4, fresh, np.array([0.0]), rng)[0]) for _ in range(60)}
+    assert got == {11.0, 13.0, 14.0}
+    assert np.isinf(_need_with_resend(np.array([[inf, inf]]), 2, fresh, None, rng)[0])

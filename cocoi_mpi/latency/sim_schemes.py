@@ -134,15 +134,25 @@ def _failure_mask(rng: np.random.Generator, s: int, n: int, failures: int) -> np
 
 
 def _need_with_resend(
-    times: np.ndarray, need: int, fresh: np.ndarray, noticed: np.ndarray | None = None
+    times: np.ndarray,
+    need: int,
+    fresh: np.ndarray,
+    noticed: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
     """When ``need`` of the entries are done, re-sending what never comes.
 
     ``times`` (s, w) has inf for failed entries; if fewer than ``need`` are finite, the
-    j-th missing piece goes to the j-th live entry to finish, once the failure is
-    ``noticed`` (s,) (default: at once), which then takes ``fresh[:, j]`` more. Needs as
-    many live entries as missing pieces (else inf).
+    missing pieces are re-sent once the failure is ``noticed`` (s,) (default: at once)
+    and take ``fresh[:, j]`` more from when their new worker is free. Which worker:
+    without ``rng``, the j-th missing piece goes to the j-th live entry to finish (an
+    ideal scheduler); with it, as the runtime does (``MasterEngine.resend_if_needed``):
+    at the notice, to a worker already free if there is one, else to a busy live
+    worker, any (the least busy, by rank: not the first to finish), queued behind its
+    own piece. Needs as many live entries as missing pieces (else inf).
     """
+    if rng is not None:
+        return _resend_at_notice(times, need, fresh, noticed, rng)
     srt = np.sort(times, axis=1)
     live = np.isfinite(srt).sum(axis=1)
     out = srt[:, need - 1].copy()
@@ -161,6 +171,32 @@ def _need_with_resend(
     done = np.maximum(redo, last_live)
     done[(live[short] < missing[:, 0]) | (live[short] == 0)] = np.inf
     out[short] = done
+    return out
+
+
+def _resend_at_notice(
+    times: np.ndarray,
+    need: int,
+    fresh: np.ndarray,
+    noticed: np.ndarray | None,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``_need_with_resend`` with the runtime's choice of worker (see there)."""
+    srt = np.sort(times, axis=1)
+    live = np.isfinite(srt).sum(axis=1)
+    out = srt[:, need - 1].copy()
+    for row in np.flatnonzero(live < need):
+        n_live, missing = int(live[row]), need - int(live[row])
+        if n_live < missing or n_live == 0:
+            out[row] = np.inf
+            continue
+        t_notice = 0.0 if noticed is None else float(noticed[row])
+        finish = srt[row, :n_live]
+        n_free = int(np.searchsorted(finish, t_notice, side="right"))
+        busy = rng.permutation(finish[n_free:])
+        starts = [t_notice if j < n_free else busy[j - n_free] for j in range(missing)]
+        redo = max(max(st, t_notice) + fresh[row, j] for j, st in enumerate(starts))
+        out[row] = max(redo, finish[-1])
     return out
 
 
@@ -214,7 +250,7 @@ def sim_cocoi(
         if sc.failures:
             w[_failure_mask(rng, s, n, sc.failures)] = np.inf
             fresh = _worker_times(rng, c, (s, n), profile, sc)
-            kth = _need_with_resend(w, k, fresh, sc.noticed(w))
+            kth = _need_with_resend(w, k, fresh, sc.noticed(w), rng)
         else:
             kth = np.partition(w, k - 1, axis=1)[:, k - 1]
         rest = _master_time(rng, _scalar(c, "rest"), s, profile)
@@ -241,7 +277,7 @@ def sim_uncoded(
         fresh = _worker_times(rng, c, (s, n), profile, sc) if sc.failures else w
         rest = _master_time(rng, _scalar(c, "rest"), s, profile)
         coding = _coding_time(rng, c, s, profile)
-        done = _need_with_resend(w, n, fresh, sc.noticed(w))
+        done = _need_with_resend(w, n, fresh, sc.noticed(w), rng)
         out[a:b] = coding + np.maximum(done, rest)
     return out
 
@@ -269,7 +305,7 @@ def sim_replication(
         fresh = _worker_times(rng, c, (s, k), profile, sc) if sc.failures else pieces
         rest = _master_time(rng, _scalar(c, "rest"), s, profile)
         coding = _coding_time(rng, c, s, profile)
-        done = _need_with_resend(pieces, k, fresh, sc.noticed(w))
+        done = _need_with_resend(pieces, k, fresh, sc.noticed(w), rng)
         out[a:b] = coding + np.maximum(done, rest)
     return out
 

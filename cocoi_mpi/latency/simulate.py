@@ -19,8 +19,11 @@ which replies the master waits for (one draw function each,
 Re-sending (uncoded, replication, and any scheme left with too few live workers):
 once the master notices that a worker failed (at once by default; after a delay, a
 timeout or at the deadline as the scenario's ``detection`` says) it gives each missing
-piece to the next live worker to finish its own work, which then does a full round
-trip (receive, compute, send) for it. Device jitter (``jitter``) is drawn as the
+piece to a worker as the runtime does: one already free if any, else any busy live
+worker, behind whose own piece it waits; the piece then takes a full round trip
+(receive, compute, send). (Until issue 18 the simulator gave it to the next worker to
+finish, an ideal scheduler the runtime is not: it predicted uncoded's failures 2-3x
+cheaper than measured.) Device jitter (``jitter``) is drawn as the
 runtime injects it: compute x (1 + rho_cmp E), each transfer + rho_tr E x its minimum.
 
 Scenarios (section VI, defined in :mod:`cocoi_mpi.experiment.scenarios`; :class:`Scenario` here
