@@ -6,7 +6,8 @@
 #   ./jobs/calibrate_testbed.sh            -> results/testbed_profile.json (+ CDF plot)
 #   SHARE=0.1 ./jobs/calibrate_testbed.sh  (the testbed settings of jobs/testbed.sh)
 #   PRESET=pi OUT=results/testbed_pi_calibration.h5 PROFILE=results/testbed_pi_profile.json \
-#       ./jobs/calibrate_testbed.sh        (the pi preset; JITTER=paper calibrates a level)
+#       ./jobs/calibrate_testbed.sh        (the pi preset; JITTER=paper calibrates a level;
+#                                           FIT_ARGS=--within-rounds is passed to cocoi fit)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_env.sh"
 cd "$ROOT"
@@ -14,5 +15,5 @@ OUT=${OUT:-results/testbed_calibration.h5}
 PROFILE=${PROFILE:-results/testbed_profile.json}
 ./jobs/testbed.sh --config jobs/calibrate_testbed.toml --out "$OUT" --quiet \
     --jitter "${JITTER:-none}"
-cocoi fit "$OUT" --out "$PROFILE" --plot "${PROFILE%.json}_cdf.png"
+cocoi fit "$OUT" --out "$PROFILE" --plot "${PROFILE%.json}_cdf.png" ${FIT_ARGS:-}
 cocoi plan --model vgg16 --n 10 --m 1 --profile "$PROFILE"
