@@ -275,14 +275,15 @@ def format_plan(plans: Sequence[tuple[ConvEntry, LayerPlan]], markdown: bool = F
                 "1 (distribute)" if p.distribute else f"local: {p.reason}",
             ]
         )
-    return _table(head, rows, markdown)
+    return text_table(head, rows, markdown)
 
 
 def _num(v: float) -> str:
     return "-" if not np.isfinite(v) else f"{v:.4g}"
 
 
-def _table(head: list[str], rows: list[list[str]], markdown: bool) -> str:
+def text_table(head: list[str], rows: list[list[str]], markdown: bool) -> str:
+    """A markdown table, or plain columns padded to width (the CLI tables of latency/)."""
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(r) + " |" for r in rows]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -24,6 +24,7 @@ from ..errors import ResultError
 from ..experiment.scenarios import Scenario as RunScenario
 from ..statuses import BASELINE_SCHEME
 from .counts import LayerShape
+from .planning import text_table
 from .profile import Profile
 from .sim_schemes import Scenario
 from .simulate import simulate
@@ -66,12 +67,7 @@ def run_scenario(config: dict, kind: int, level: float) -> Scenario:
     )
     timeout = config.get("round_timeout", "auto")
     deadline = float(timeout) if isinstance(timeout, int | float) else math.inf
-    sim = Scenario.of(sc)
-    return Scenario(
-        failures=sim.failures, lambda_tr=sim.lambda_tr, slow_workers=sim.slow_workers,
-        slow_factor=sim.slow_factor, slow_prob=sim.slow_prob, jitter=sim.jitter,
-        detection=sim.detection, deadline_s=deadline,
-    )  # fmt: skip
+    return replace(Scenario.of(sc), deadline_s=deadline)
 
 
 def layer_shapes(config: dict) -> dict[str, LayerShape]:
@@ -111,9 +107,9 @@ def predict_trace(
         for layer, k, n in by_request.get(int(req["request"][i]), []):
             if layer not in shapes:
                 raise PredictionError(f"round of layer {layer!r}: not a conv of the model")
-            key = (layer, scheme, k, n, scenario)
+            key = (layer, SIMULATED[scheme.split(":")[0]], k, n, scenario)
             if key not in cache:
-                cache[key] = round_mean(shapes[layer], scheme, k, n, profile, scenario,
+                cache[key] = round_mean(shapes[layer], key[1], k, n, profile, scenario,
                                         samples, seed)  # fmt: skip
             dist += cache[key]
         local = float(req["latency"][i] - req["distributed_s"][i])
@@ -172,15 +168,4 @@ def format_prediction(cells: Sequence[CellPrediction], markdown: bool = False) -
          f"{r['predicted']:.3f}", f"{100 * r['gap']:+.1f}%"]
         for r in ratios
     ]  # fmt: skip
-    return table(head, body, markdown) + "\n\n" + table(head2, body2, markdown)
-
-
-def table(head: list[str], rows: list[list[str]], markdown: bool) -> str:
-    if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
-    widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-    return "\n".join(
-        "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip()
-        for r in [head, *rows]
-    )
+    return text_table(head, body, markdown) + "\n\n" + text_table(head2, body2, markdown)
