@@ -16,7 +16,8 @@ is tested (here unless a module is named; the other modules' tests are not repea
     test_range_errors_in_the_toml_file
  6. hostfile with fewer slots than ranks: test_hostfile_with_too_few_slots (mpirun)
  7. weights for another model: test_weights_for_another_model_say_so,
-    test_unreadable_weights_are_one_line; test_e2e::test_mismatched_weights_fail_cleanly
+    test_unreadable_weights_are_one_line; test_e2e::test_mismatched_weights_fail_cleanly;
+    .safetensors weights and codecs (truncated, foreign, mismatched): test_safetensors
  8. input of wrong shape / dtype: test_input_of_wrong_shape_is_refused,
     test_integer_bool_and_complex_inputs_are_refused, test_float_inputs_are_cast_to_float32;
     test_e2e::test_wrong_input_shape_fails_cleanly (mpirun)

@@ -73,7 +73,7 @@ def default_ks(n: int) -> list[int]:
 @click.option(
     "--model", default="lenet5", show_default=True, help="Registry name or module:factory."
 )
-@click.option("--weights", help="Base model weights (.pt); required for a codec.")
+@click.option("--weights", help="Base model weights (.pt, .safetensors); required for a codec.")
 @click.option(
     "--data",
     default="digits",
@@ -103,8 +103,13 @@ def default_ks(n: int) -> list[int]:
     help="Codec: weight of cross-entropy.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue from --out's checkpoint up to --epochs.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Checkpoint to write.")
+@click.option("--resume", is_flag=True, help="Continue from --out's .pt checkpoint to --epochs.")
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Checkpoint to write: .pt, or .safetensors (no optimizer state, so no --resume).",
+)
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
 def train(**opts) -> None:
     """Train a base model (--base) or a learned codec for one conv block.
@@ -130,6 +135,7 @@ def _train(**o) -> None:
     from ..learned.training import CodecTraining, train_codec
     from ..models import build_model, input_shape, load_weights
     from ..models.data import load_dataset
+    from ..models.tensorfiles import is_safetensors
     from ..models.training import accuracy, save_base, train_base
 
     echo = (lambda *a: None) if o["quiet"] else click.echo
@@ -159,6 +165,11 @@ def _train(**o) -> None:
     load_weights(model, o["weights"])
     model.eval()
     shape = input_shape(o["model"], model)
+    if o["resume"] and is_safetensors(o["out"]):
+        raise UserError(
+            f"--resume: {o['out']} is a .safetensors codec, which keeps no optimizer state; "
+            "train to a .pt to resume, then cocoi convert it"
+        )
     if o["resume"] and Path(o["out"]).is_file():
         cb, state = load_codec(o["out"], model, o["model"], shape)
         if cb.name != o["block"] or (cb.codec.k, cb.codec.r) != (o["k"], o["r"]):
@@ -228,7 +239,7 @@ def _epoch_line(row: dict, epochs: int) -> str:
 
 @click.command()
 @click.option("--model", default="lenet5", show_default=True)
-@click.option("--weights", required=True, help="Base model weights (.pt).")
+@click.option("--weights", required=True, help="Base model weights (.pt or .safetensors).")
 @click.option("--codec", "codecs", multiple=True, required=True, help="Codec checkpoint; repeat.")
 @click.option("--data", default="digits", show_default=True)
 @click.option(

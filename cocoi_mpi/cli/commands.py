@@ -1,7 +1,7 @@
 """``cocoi``: the command group, with every command it has. The commands are in the modules
 beside this one: report and merge (trace_commands), plan, simulate, predict and fit
-(latency_commands), codes, train and accuracy (code_commands), info and testbed
-(machine_commands); what they share is in common."""
+(latency_commands), codes, train and accuracy (code_commands), convert (file_commands),
+info and testbed (machine_commands); what they share is in common."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import click
 
 from .code_commands import accuracy, codes, train
 from .common import CocoiGroup
+from .file_commands import convert
 from .latency_commands import fit, plan, predict, simulate
 from .machine_commands import info, testbed
 from .trace_commands import merge, report
@@ -31,6 +32,7 @@ for _command in (
     fit,
     train,
     accuracy,
+    convert,
 ):
     main.add_command(_command)
 

@@ -21,6 +21,7 @@ from ..errors import UserError
 from .inputs import read_error, torch_load
 from .lenet5 import lenet5
 from .resnet18 import resnet18
+from .tensorfiles import is_safetensors, load_safetensors, safetensors_error
 from .vgg16 import vgg16
 
 __all__ = [
@@ -249,6 +250,8 @@ def _validate_shape(spec: str, shape: object) -> tuple[int, ...]:
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Strictly load a state_dict file (bare, or under key ``"state_dict"``) into ``model``.
 
+    A torch file (``torch.save``, read with ``weights_only=True``) or a safetensors file
+    (named ``.safetensors``, or recognised by its header; its tensors are the state_dict).
     Every mismatch is reported as a one-line :class:`WeightsError` before touching the model.
     """
     path = Path(path)
@@ -262,6 +265,12 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def _read_state_dict(path: Path) -> Mapping[str, torch.Tensor]:
+    if is_safetensors(path):
+        try:
+            return load_safetensors(path)[0]
+        except Exception as exc:  # SafetensorError, or torch refusing a dtype
+            reason = safetensors_error(path, exc)
+            raise WeightsError(f"cannot read weights file {path}: {reason}") from None
     try:
         obj = torch_load(path)
     except Exception as exc:  # torch raises many different types for bad files

@@ -6,15 +6,14 @@ a fork, so callers' random state is untouched) and each epoch's shuffle comes fr
 
 Checkpoints are plain dicts of tensors, strings and numbers, so ``torch.load(...,
 weights_only=True)`` reads them and :func:`cocoi_mpi.models.load_weights` takes their
-``"state_dict"``.
+``"state_dict"``; or, for an output named ``.safetensors``, a safetensors file of the
+state_dict with the rest as JSON metadata, which ``load_weights`` reads as well.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from .data import Dataset, batches
+from .tensorfiles import atomic_write, has_suffix, save_safetensors
 
 __all__ = ["CHECKPOINT_KIND", "TrainLog", "accuracy", "save_base", "train_base"]
 
@@ -175,7 +175,9 @@ def save_base(
     """Write a trained base model atomically, so an interrupted save leaves no half file.
 
     The dict holds kind, model and data specs, the state_dict (CPU tensors), the log rows
-    and the last test accuracy (None if trained without a test set).
+    and the last test accuracy (None if trained without a test set). A ``path`` ending in
+    ``.safetensors`` gets the state_dict as its tensors and the rest as its metadata
+    (:mod:`~cocoi_mpi.models.tensorfiles`); either loads with ``load_weights``.
     """
     checkpoint = {
         "kind": CHECKPOINT_KIND,
@@ -185,23 +187,13 @@ def save_base(
         "log": [dict(row) for row in log.epochs],
         "accuracy": log.final_test_acc,
     }
-    atomic_torch_save(checkpoint, Path(path))
+    if has_suffix(path):
+        save_safetensors(path, checkpoint.pop("state_dict"), checkpoint)
+    else:
+        atomic_torch_save(checkpoint, Path(path))
 
 
 def atomic_torch_save(obj: object, path: Path) -> None:
-    """Save to a temp file in the same folder, fsync, then os.replace onto ``path``.
-
-    The temp file is opened normally (not with mkstemp) so the result gets the usual
-    umask permissions rather than 0600.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with temp.open("xb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
+    """torch.save to a temp file in the same folder, fsync, then os.replace onto ``path``
+    (:func:`~cocoi_mpi.models.tensorfiles.atomic_write`)."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
