@@ -105,6 +105,21 @@ def default_ks(n: int) -> list[int]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from --out's .pt checkpoint to --epochs.")
 @click.option(
+    "--count",
+    help="TRAIN[:TEST]: only the first TRAIN training and TEST test images (big models).",
+)
+@click.option(
+    "--cache",
+    type=click.Path(file_okay=False),
+    help="Folder of block inputs/outputs captured once (DIR/train, DIR/test) and reused: "
+    "codecs train without re-running the model.",
+)
+@click.option(
+    "--head-only",
+    is_flag=True,
+    help="With --base: train only the last Linear layer on cached features (needs --cache).",
+)
+@click.option(
     "--out",
     required=True,
     type=click.Path(dir_okay=False),
@@ -132,15 +147,25 @@ def _train(**o) -> None:
     from ..learned.accuracy import coded_accuracy
     from ..learned.checkpoint import load_codec, new_state, save_codec
     from ..learned.coded_block import make_coded_block
-    from ..learned.training import CodecTraining, train_codec
+    from ..learned.training import CodecTraining, cached_reconstruction_error, train_codec
     from ..models import build_model, input_shape, load_weights
-    from ..models.data import load_dataset
     from ..models.tensorfiles import is_safetensors
-    from ..models.training import accuracy, save_base, train_base
+    from ..models.training import TrainLog, accuracy, save_base, train_base
+    from .cached_training import block_caches, model_data, train_head_only
 
     echo = (lambda *a: None) if o["quiet"] else click.echo
-    train_set, test_set = load_dataset(o["data"], "train"), load_dataset(o["data"], "test")
     model = build_model(o["model"], seed=o["seed"])
+    if o["head_only"] and not o["base"]:
+        raise UserError("--head-only applies to --base (training the model's head)")
+    if o["base"] and o["head_only"]:
+        log = TrainLog(train_head_only(o, model, echo))
+        save_base(o["out"], model, o["model"], o["data"], log)
+        click.echo(
+            f"base {o['model']} (head only) on {o['data']}: test accuracy {log.final_test_acc:.2f}%"
+        )
+        click.echo(f"wrote {o['out']}")
+        return
+    train_set, test_set = model_data(o["data"], input_shape(o["model"], model), o["count"])
     if o["base"]:
         with progress(o["epochs"], "train", o["quiet"], unit="epoch") as bar:
             log = train_base(
@@ -194,6 +219,9 @@ def _train(**o) -> None:
         f"codec {cb.codec.arch} for {cb.name}: k={cb.codec.k}, r={cb.codec.r}, pieces "
         f"{cb.codec.in_shape} -> {cb.codec.out_shape}, epochs {state.epoch + 1}..{settings.epochs}"
     )
+    caches = None
+    if o["cache"]:
+        caches = block_caches(model, o["model"], train_set, test_set, o["cache"], o["quiet"])
     bar = progress(settings.epochs, "train", o["quiet"], unit="epoch", initial=state.epoch)
     with bar:
         train_codec(
@@ -204,8 +232,20 @@ def _train(**o) -> None:
             state,
             progress=lambda row: _epoch_done(bar, echo, row, settings.epochs),
             save=lambda st: save_codec(o["out"], cb, st),
+            cache=caches,
         )
     save_codec(o["out"], cb, state)
+    if caches is not None:
+        errors = [
+            cached_reconstruction_error(cb, caches[1], m, settings.batch_size)
+            for m in range(1, cb.codec.r + 1)
+        ]
+        click.echo(
+            f"relative error of the rebuilt pieces, 1..{cb.codec.r} of {cb.codec.n} outputs "
+            f"lost ({len(test_set)} test images): " + ", ".join(f"{e:.4f}" for e in errors)
+        )
+        click.echo(f"wrote {o['out']}")
+        return
     lost = [coded_accuracy(model, [cb], test_set, lost=m) for m in range(cb.codec.r + 1)]
     click.echo(
         f"test accuracy with 0..{cb.codec.r} of {cb.codec.n} outputs lost: "
@@ -226,7 +266,7 @@ def _epoch_done(bar, echo, row: dict, epochs: int) -> None:
 
 def _epoch_stats(row: dict) -> str:
     extra = "".join(
-        f", {key} {value:.2f}" if "acc" in key else ""
+        f", {key} {value:.2f}" if "acc" in key else f", {key} {value:.4f}" if "err" in key else ""
         for key, value in row.items()
         if value is not None
     )
@@ -248,26 +288,77 @@ def _epoch_line(row: dict, epochs: int) -> str:
     "workers silent decodes from. Default: the table over 0..r outputs lost.",
 )
 @click.option("--markdown", is_flag=True, help="Print the table as markdown.")
-def accuracy(model, weights, codecs, data, lost_rows, markdown) -> None:
+@click.option(
+    "--count", type=click.IntRange(min=1), help="Only the first N test images (big models)."
+)
+@click.option(
+    "--together",
+    is_flag=True,
+    help="Every codec at once, the same rows lost in every block (what failed workers do to "
+    "a run): accuracy and agreement with the exact model, one forward pass per row set.",
+)
+@click.option(
+    "--draws",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="With --together: random row sets per number lost.",
+)
+def accuracy(model, weights, codecs, data, lost_rows, markdown, count, together, draws) -> None:
     """Test accuracy of the base model and with 0..r outputs lost (paper Fig. 10)."""
     with reported_as(UserError, ValueError):
-        for line in _accuracy_lines(model, weights, codecs, data, lost_rows, markdown):
+        if together:
+            lines = _together_lines(model, weights, codecs, data, count, draws, markdown)
+        else:
+            lines = _accuracy_lines(model, weights, codecs, data, lost_rows, markdown, count)
+        for line in lines:
             click.echo(line)
 
 
-def _accuracy_lines(model_spec, weights, codecs, data, lost_rows, markdown) -> list[str]:
-    from ..learned.accuracy import coded_accuracy
+def _together_lines(model_spec, weights, codecs, data, count, draws, markdown) -> list[str]:
+    from ..learned.accuracy import together_rows
+
+    model, entries, test = _coded_model(model_spec, weights, codecs, data, count)
+    rows = together_rows(model, entries, test, draws)
+    names = ", ".join(cb.name for cb in entries)
+    lines = [
+        f"{len(entries)} coded blocks ({names}); {test.name}, {len(test)} images",
+        "",
+        "| lost rows | rows | accuracy % | agreement with exact % |",
+        "|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        rows_text = ",".join(map(str, row["rows"])) or "-"
+        lines.append(
+            f"| {row['lost']} | {rows_text} | {row['accuracy']:.2f} | {row['agreement']:.2f} |"
+        )
+    if not markdown:
+        return [line.replace("|", " ").strip() for line in lines if "---" not in line]
+    return lines
+
+
+def _coded_model(model_spec, weights, codecs, data, count):
+    """The base model, its codecs, and the test data fitted to its input."""
     from ..learned.checkpoint import load_codec
     from ..models import build_model, input_shape, load_weights
-    from ..models.data import load_dataset
-    from ..models.training import accuracy as plain_accuracy
+    from ..models.data import fit_to_input, load_dataset
 
-    test = load_dataset(data, "test")
     model = build_model(model_spec)
     load_weights(model, weights)
     model.eval()
     shape = input_shape(model_spec, model)
+    test = load_dataset(data, "test")
+    if count is not None:
+        test = test.subset(min(count, len(test)))
     entries = [load_codec(path, model, model_spec, shape)[0] for path in codecs]
+    return model, entries, fit_to_input(test, shape)
+
+
+def _accuracy_lines(model_spec, weights, codecs, data, lost_rows, markdown, count) -> list[str]:
+    from ..learned.accuracy import coded_accuracy
+    from ..models.training import accuracy as plain_accuracy
+
+    model, entries, test = _coded_model(model_spec, weights, codecs, data, count)
     base = plain_accuracy(model, test)
     if lost_rows:
         rows = _ints(lost_rows, "--lost-rows")

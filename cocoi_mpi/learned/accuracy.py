@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -101,3 +102,50 @@ def coded_predictions(
         replaced_blocks(model, entries, lambda i, b: pattern_mask(entries[i].codec.n, lost, b)),
     ):
         return model(images)
+
+
+def together_rows(
+    model: nn.Module,
+    entries: Sequence[CodedBlock],
+    data: Dataset,
+    draws: int = 1,
+    seed: int = 0,
+    batch_size: int = 32,
+) -> list[dict]:
+    """Every codec at once, the same code rows lost in every block: what ``lost`` failed
+    workers do to a run (worker i computes row i of every block). For lost = 0..r,
+    ``draws`` seeded random row sets each; per set the top-1 accuracy and the agreement
+    with the exact model's top-1 (the meaning accuracy keeps for weights not trained
+    on the data). Needs one full forward pass per set: affordable for VGG16 where the
+    every-pattern table of :func:`coded_accuracy` is not."""
+    sizes = {cb.codec.n for cb in entries}
+    if len(sizes) != 1:
+        raise ValueError(f"codecs of different n ({sorted(sizes)}): no worker rows in common")
+    n, r = sizes.pop(), min(cb.codec.r for cb in entries)
+    exact = _predictions(model, [], data, (), batch_size)
+    rng = np.random.default_rng([seed, 20])
+    rows = []
+    for lost in range(r + 1):
+        for _ in range(draws if lost else 1):
+            pattern = tuple(sorted(int(i) for i in rng.choice(n, lost, replace=False)))
+            coded = _predictions(model, entries, data, pattern, batch_size)
+            rows.append(
+                dict(
+                    lost=lost,
+                    rows=pattern,
+                    accuracy=100.0 * float((coded == data.labels).float().mean()),
+                    agreement=100.0 * float((coded == exact).float().mean()),
+                )
+            )
+    return rows
+
+
+def _predictions(model, entries, data: Dataset, lost: Sequence[int], batch_size: int):
+    out = []
+    for images, _labels in batches(data, batch_size, False):
+        if entries:
+            out.append(coded_predictions(model, entries, images, lost).argmax(1))
+        else:
+            with torch.no_grad():
+                out.append(model(images).argmax(1))
+    return torch.cat(out)

@@ -31,6 +31,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "batches",
+    "fit_to_input",
     "load_dataset",
 ]
 
@@ -84,6 +85,27 @@ def _check_dataset(data: Dataset) -> None:
             f"dataset {data.name}: labels span {int(labels.min())}..{int(labels.max())}; "
             f"expected 0..{data.classes - 1}"
         )
+
+
+def fit_to_input(data: Dataset, shape: tuple[int, ...]) -> Dataset:
+    """The dataset as a model with input ``shape`` (C, H, W) sees it.
+
+    The shipped data is 32x32 (digits, MNIST, CIFAR-10); VGG16 and ResNet18 take
+    3x224x224. Images are resized bilinearly and a single channel is repeated, so a
+    VGG16 sees the digits as large grey images: real images, not a benchmark the
+    model was trained for (docs/fig8.md says what accuracy means then). A dataset
+    that already fits is returned as it is.
+    """
+    channels, height, width = (int(d) for d in shape)
+    have = tuple(data.images.shape[1:])
+    if have == (channels, height, width):
+        return data
+    if have[0] not in (1, channels):
+        raise DataError(f"dataset {data.name} has {have[0]} channels; the model takes {channels}")
+    images = F.interpolate(data.images, size=(height, width), mode="bilinear", align_corners=False)
+    images = images.expand(-1, channels, -1, -1).contiguous()
+    name = f"{data.name}@{channels}x{height}x{width}"
+    return Dataset(name, images, data.labels, data.classes)
 
 
 # --------------------------------------------------------------------------- entry points

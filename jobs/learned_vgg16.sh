@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Learned codes for every conv block of VGG16 at 224x224 (issue 20; docs/fig8.md).
+# 1. One forward pass over COUNT digits images (resized to 3x224x224) stores every
+#    block's input and output and the head's input (cocoi train --cache).
+# 2. VGG16's last Linear layer is trained on those features (--base --head-only): the
+#    seeded conv trunk stays, so the model classifies digits and the cache stays valid.
+# 3. One codec per block (ARCH, k = K, r = R), trained from the cache.
+# 4. The accuracy of the whole model with every block coded and 0..R outputs lost.
+# Checkpoints are resumed, so a rerun only does what is missing.
+# Settings (environment): OUT, COUNT, EPOCHS, K, R, ARCH, BLOCKS, BATCH, LR.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source jobs/_env.sh
+OUT=${OUT:-results/learned_vgg16}
+COUNT=${COUNT:-384:128}
+EPOCHS=${EPOCHS:-6}
+K=${K:-7}
+R=${R:-3}
+ARCH=${ARCH:-sparsemlp}
+BLOCKS=${BLOCKS:-features.0 features.5 features.10 features.17 features.24}
+BATCH=${BATCH:-8}
+LR=${LR:-0.001}
+mkdir -p "$OUT"
+W="$OUT/vgg16_digits.pt"
+if [ ! -f "$W" ]; then
+  cocoi train --base --head-only --model vgg16 --data digits --count "$COUNT" \
+    --cache "$OUT/cache" --epochs 30 --out "$W"
+fi
+codecs=()
+for block in $BLOCKS; do
+  ckpt="$OUT/${ARCH}_${block}_k${K}_r${R}.pt"
+  echo "== $ARCH $block k=$K r=$R ($EPOCHS epochs) -> $ckpt"
+  cocoi train --model vgg16 --weights "$W" --data digits --count "$COUNT" --cache "$OUT/cache" \
+    --block "$block" --k "$K" --r "$R" --arch "$ARCH" --epochs "$EPOCHS" --batch-size "$BATCH" \
+    --lr "$LR" --resume --out "$ckpt"
+  codecs+=(--codec "$ckpt")
+done
+echo "${codecs[@]}" > "$OUT/${ARCH}_k${K}_r${R}.codecs"
