@@ -621,6 +621,27 @@ def test_sweep_mixes_learned_and_exact_schemes(tmp_path, learned_files):
     assert sorted(set(req["scheme"].tolist())) == ["cocoi", "learned", "uncoded"]
 
 
+def test_sweep_interleaves_learned_and_its_hybrid_form(tmp_path, learned_files):
+    """learned:hybrid cells keep the last block on the master, learned cells code both."""
+    cfg = tmp_path / "hybrid.toml"
+    codecs = [learned_files[("features.0", 2, 1)], learned_files[("features.3", 1, 1)]]
+    cfg.write_text(
+        f'model = "lenet5"\nweights = "{learned_files["weights"]}"\n'
+        f"codec = {[str(c) for c in codecs]!r}\n".replace("'", '"')
+        + 'data = "digits"\nrequests = 2\n'
+        '[sweep]\nschemes = ["learned", "learned:hybrid"]\nrepetitions = 2\n'
+    )
+    out = tmp_path / "hybrid.h5"
+    proc = mpirun(4, "--config", str(cfg), "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    trace = read_trace(out)
+    scheme_of = dict(zip(trace.requests["request"], trace.requests["scheme"], strict=True))
+    layers = {"learned": set(), "learned:hybrid": set()}
+    for request, layer in zip(trace.rounds["request"], trace.rounds["layer"], strict=True):
+        layers[scheme_of[request]].add(layer)
+    assert layers == {"learned": {"features.0", "features.3"}, "learned:hybrid": {"features.0"}}
+
+
 @pytest.mark.parametrize(
     "args, expect",
     [

@@ -9,9 +9,12 @@ A config file's ``[sweep]`` table lists them:
                  {scenario = 3, failures = 2}]
 
 A scheme entry may name its k: ``cocoi:auto`` (k° per layer), ``cocoi:star``
-(k*), ``cocoi:6``; a bare name uses the run's k. Cells are interleaved: every
-repetition runs every level, each level runs every scheme in a seeded shuffled
-order, so drift of a shared machine hits all schemes
+(k*), ``cocoi:6``; a bare name uses the run's k. ``learned:hybrid`` is the learned
+scheme with the model's last conv block on the master (Non-linear*, as ``--hybrid``
+does for a whole run), so both variants can be interleaved in one sweep.
+
+Cells are interleaved: every repetition runs every level, each level runs every
+scheme in a seeded shuffled order, so drift of a shared machine hits all schemes
 alike. Each (repetition, level) has one fault seed shared by all schemes: they meet
 the same failed workers and the same delays (common random numbers). The order and
 every cell's faults follow from the seed alone, whichever cells ran before: that is
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ..codes import RUN_SCHEMES
+from ..codes.registry import scheme_info
 from .scenarios import Scenario
 
 SWEEP_KEYS = {"schemes", "repetitions", "scenarios"}
@@ -54,19 +58,30 @@ class Cell:
     fault_seed: int
     k: int | str | None = None
     label: str = ""
+    hybrid: bool = False  # learned:hybrid: the last conv block runs on the master
 
     @property
     def name(self) -> str:
         return self.label or self.scheme
 
 
+HYBRID = "hybrid"
+
+
 def parse_entry(entry: str) -> tuple[str, int | str | None]:
-    """'cocoi', 'cocoi:auto', 'cocoi:star' or 'lt-ks:6' -> (scheme, k)."""
+    """'cocoi', 'cocoi:auto', 'cocoi:star', 'lt-ks:6' or 'learned:hybrid' -> (scheme, k);
+    k is None for a bare name and for ``:hybrid`` (see :func:`is_hybrid`)."""
     scheme, _, k = str(entry).partition(":")
     if scheme not in RUN_SCHEMES:
         raise ValueError(
             f"sweep scheme {entry!r}: {scheme!r} is not among {', '.join(RUN_SCHEMES)}"
         )
+    if k == HYBRID:
+        if not scheme_info(scheme).needs_codec:
+            raise ValueError(
+                f"sweep scheme {entry!r}: only schemes that code conv blocks have a hybrid form"
+            )
+        return scheme, None
     if not k:
         return scheme, None
     if k in ("auto", "star"):
@@ -75,6 +90,11 @@ def parse_entry(entry: str) -> tuple[str, int | str | None]:
         return scheme, int(k)
     except ValueError:
         raise ValueError(f"sweep scheme {entry!r}: k must be an integer, auto or star") from None
+
+
+def is_hybrid(entry: str) -> bool:
+    """Does a sweep entry ask for the hybrid (Non-linear*) form?"""
+    return str(entry).partition(":")[2] == HYBRID
 
 
 def parse_sweep(table: dict[str, Any], base: Scenario) -> tuple[list[str], list[Scenario], int]:
@@ -136,5 +156,6 @@ def cells(schemes: list[str], scenarios: list[Scenario], reps: int, seed: int) -
             fault_seed = int(np.random.default_rng([seed, 4, rep, level]).integers(2**31))
             for i in rng.permutation(len(schemes)):
                 scheme, k = parse_entry(schemes[i])
-                order.append(Cell(scheme, scenario, rep, fault_seed, k, schemes[i]))
+                hybrid = is_hybrid(schemes[i])
+                order.append(Cell(scheme, scenario, rep, fault_seed, k, schemes[i], hybrid))
     return order

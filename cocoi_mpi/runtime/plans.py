@@ -160,6 +160,16 @@ def configure_cell(cfg: RunConfig, job: MasterJob, engine: MasterEngine, cell: C
         planned, active = {}, job.default_layers if job.plans else None
     scheme_k = k if isinstance(k, int) else base_k(cfg)
     engine.configure(cell.scheme, scheme_k, cell.scenario, cell.fault_seed, planned, active)
+    engine.codecs = cell_codecs(job, cell.hybrid)
+
+
+def cell_codecs(job: MasterJob, hybrid: bool) -> dict[str, LearnedScheme]:
+    """The codecs a cell codes with: all of them, or for ``learned:hybrid`` all but the
+    model's last conv block's, which then runs on the master (Non-linear*)."""
+    codecs = learned_codecs(job.blocks)
+    if hybrid:
+        codecs.pop(job.last_block, None)
+    return codecs
 
 
 def base_timeout(cfg: RunConfig) -> float | None:

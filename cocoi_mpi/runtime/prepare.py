@@ -13,7 +13,7 @@ import torch
 
 from ..experiment.config import RunConfig
 from ..models import MODELS, build_model, input_shape, load_weights
-from ..models.data import load_dataset
+from ..models.data import fit_to_input, load_dataset
 from ..models.inputs import check_shape, load_input, seeded_inputs
 from .idle import GcWatch, Usage
 from .plans import check_decoding, make_plans
@@ -34,6 +34,7 @@ class MasterJob:
     labels: torch.Tensor | None = None  # true classes when the inputs are a dataset
     requests: int = 1
     blocks: list = field(default_factory=list)  # learning.CodedBlock per codec in use
+    last_block: str | None = None  # the model's last conv block: on the master if hybrid
     block_specs: list = field(default_factory=list)
     sends: SendTimes = field(default_factory=lambda: SendTimes())  # shipped, not yet written
     usage: Usage = field(default_factory=Usage)  # the master's CPU and wall s, from set-up's end
@@ -56,6 +57,8 @@ def prepare(cfg: RunConfig) -> MasterJob:
         check_shape(inputs, expected, cfg.model)
     elif cfg.data:
         dataset = load_dataset(cfg.data, "test")
+        if expected is not None:  # e.g. the 32x32 digits for VGG16's 3x224x224
+            dataset = fit_to_input(dataset, expected)
         inputs, labels = dataset.images, dataset.labels
         check_shape(inputs, expected, cfg.model)
     else:
@@ -80,14 +83,22 @@ def prepare(cfg: RunConfig) -> MasterJob:
         labels=labels,
         requests=cfg.requests if cfg.requests is not None else len(inputs),
         blocks=blocks,
+        last_block=last_block_name(model),
     )
+
+
+def last_block_name(model: torch.nn.Module) -> str | None:
+    """The model's last conv block (Non-linear* keeps it on the master)."""
+    from ..geometry.blocks import find_blocks
+
+    locs = find_blocks(model)
+    return locs[-1].name if locs else None
 
 
 def load_codecs(cfg: RunConfig, model: torch.nn.Module, shape: tuple) -> list:
     """The learned codecs, checked against this model, its blocks and the input size.
 
     With --hybrid the model's last conv block stays on the master (Non-linear*)."""
-    from ..geometry.blocks import find_blocks
     from ..learned.checkpoint import load_codec
     from ..learned.coded_block import CodecError
 
@@ -96,8 +107,7 @@ def load_codecs(cfg: RunConfig, model: torch.nn.Module, shape: tuple) -> list:
     if len(set(names)) != len(names):
         raise CodecError(f"two codecs for the same block: {', '.join(names)}")
     if cfg.hybrid:
-        last = find_blocks(model)[-1].name
-        blocks = [cb for cb in blocks if cb.name != last]
+        blocks = [cb for cb in blocks if cb.name != last_block_name(model)]
     if cfg.codec and not blocks:
         raise CodecError("--hybrid leaves no block to code: give a codec for another block")
     return blocks
