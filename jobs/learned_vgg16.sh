@@ -7,7 +7,11 @@
 # 3. One codec per block (ARCH, k = K, r = R), trained from the cache.
 # 4. The accuracy of the whole model with every block coded and 0..R outputs lost.
 # Checkpoints are resumed, so a rerun only does what is missing.
-# Settings (environment): OUT, COUNT, EPOCHS, K, R, ARCH, BLOCKS, BATCH, LR.
+# Settings (environment): OUT, COUNT, EPOCHS, K, R, ARCH, HIDDEN, BLOCKS, BATCH, LR.
+# The defaults: k = 7, r = 3 (n = 10 workers; 7 divides every block's output width,
+# so no column stays on the master), SparseMLP with hidden width 10 (2(k + r) = 20
+# doubles the master's decoding time for little gain), batch 8 and lr 0.01 (a
+# SparseMLP has its own weights at every position and learns slowly at 1e-3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source jobs/_env.sh
@@ -18,8 +22,9 @@ K=${K:-7}
 R=${R:-3}
 ARCH=${ARCH:-sparsemlp}
 BLOCKS=${BLOCKS:-features.0 features.5 features.10 features.17 features.24}
+HIDDEN=${HIDDEN:-10}
 BATCH=${BATCH:-8}
-LR=${LR:-0.001}
+LR=${LR:-0.01}
 mkdir -p "$OUT"
 W="$OUT/vgg16_digits.pt"
 if [ ! -f "$W" ]; then
@@ -31,7 +36,7 @@ for block in $BLOCKS; do
   ckpt="$OUT/${ARCH}_${block}_k${K}_r${R}.pt"
   echo "== $ARCH $block k=$K r=$R ($EPOCHS epochs) -> $ckpt"
   cocoi train --model vgg16 --weights "$W" --data digits --count "$COUNT" --cache "$OUT/cache" \
-    --block "$block" --k "$K" --r "$R" --arch "$ARCH" --epochs "$EPOCHS" --batch-size "$BATCH" \
+    --block "$block" --k "$K" --r "$R" --arch "$ARCH" --hidden "$HIDDEN" --epochs "$EPOCHS" --batch-size "$BATCH" \
     --lr "$LR" --resume --out "$ckpt"
   codecs+=(--codec "$ckpt")
 done
