@@ -171,6 +171,16 @@ def test_training_from_the_cache_lowers_the_reconstruction_error(caches):
     assert cached_reconstruction_error(cb, test, 0, 16) == 0.0  # nothing lost: exact
 
 
+def test_an_epoch_can_take_a_seeded_subset_of_the_cache(caches):
+    _, train, _ = caches
+    seen = [x.shape[0] for x, _ in train.block_batches("features.3", 16, True, seed=3, limit=40)]
+    assert seen == [16, 16, 8]
+    first = torch.cat([x for x, _ in train.block_batches("features.3", 8, True, 3, limit=8)])
+    again = torch.cat([x for x, _ in train.block_batches("features.3", 8, True, 3, limit=8)])
+    other = torch.cat([x for x, _ in train.block_batches("features.3", 8, True, 4, limit=8)])
+    assert torch.equal(first, again) and not torch.equal(first, other)
+
+
 def test_task_loss_cannot_train_from_a_cache(caches):
     model, train, test = caches
     cb = make_coded_block(model, "features.3", SHAPE, 2, 1, "sparsemlp")
@@ -206,6 +216,7 @@ def test_head_only_training_learns_and_touches_nothing_else(caches):
         (["--base", "--head-only"], "--head-only trains on cached features"),
         (["--base", "--count", "0"], "--count takes TRAIN or TRAIN:TEST"),
         (["--base", "--count", "5:x"], "--count takes TRAIN or TRAIN:TEST"),
+        (["--weights", "w.pt", "--per-epoch", "5"], "--per-epoch picks images from a block"),
     ],
 )
 def test_train_refuses_bad_cache_settings(tmp_path, args, message):
@@ -247,7 +258,8 @@ def test_together_rows_lose_the_same_rows_in_every_block(small):
     assert all(len(row["rows"]) == row["lost"] for row in rows)
     assert all(0 <= i < 4 for row in rows for i in row["rows"])
     plain = model(small[1].images).argmax(1)
-    assert rows[0]["accuracy"] == pytest.approx(100.0 * float((plain == small[1].labels).float().mean()))
+    correct = (plain == small[1].labels).float().mean()
+    assert rows[0]["accuracy"] == pytest.approx(100.0 * float(correct))
 
 
 def test_together_rows_need_one_n(small):

@@ -115,6 +115,11 @@ def default_ks(n: int) -> list[int]:
     "codecs train without re-running the model.",
 )
 @click.option(
+    "--per-epoch",
+    type=click.IntRange(min=1),
+    help="With --cache: each epoch trains on a seeded random subset of this many images.",
+)
+@click.option(
     "--head-only",
     is_flag=True,
     help="With --base: train only the last Linear layer on cached features (needs --cache).",
@@ -157,6 +162,8 @@ def _train(**o) -> None:
     model = build_model(o["model"], seed=o["seed"])
     if o["head_only"] and not o["base"]:
         raise UserError("--head-only applies to --base (training the model's head)")
+    if o["per_epoch"] and not o["cache"]:
+        raise UserError("--per-epoch picks images from a block cache: give --cache DIR")
     if o["base"] and o["head_only"]:
         log = TrainLog(train_head_only(o, model, echo))
         save_base(o["out"], model, o["model"], o["data"], log)
@@ -214,6 +221,7 @@ def _train(**o) -> None:
         batch_size=o["batch_size"],
         task_loss=o["task_loss"],
         seed=o["seed"],
+        per_epoch=o["per_epoch"],
     )
     echo(
         f"codec {cb.codec.arch} for {cb.name}: k={cb.codec.k}, r={cb.codec.r}, pieces "

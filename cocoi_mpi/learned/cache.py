@@ -215,13 +215,16 @@ class BlockCache:
         return torch.from_numpy(np.load(self.directory / "labels.npy"))
 
     def block_batches(
-        self, block: str, batch_size: int, shuffle: bool, seed: int = 0
+        self, block: str, batch_size: int, shuffle: bool, seed: int = 0, limit: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(input, output) float32 batches of one block, in a seeded order."""
+        """(input, output) float32 batches of one block, in a seeded order; ``limit``:
+        only the first that many images of the order (a seeded subset per epoch)."""
         ins, outs = self.inputs(block), self.outputs(block)
         order = np.arange(len(ins))
         if shuffle:
             order = torch.randperm(len(ins), generator=torch.Generator().manual_seed(seed)).numpy()
+        if limit is not None:
+            order = order[:limit]
         for start in range(0, len(order), batch_size):
             index = np.sort(order[start : start + batch_size])
             yield as_float(ins[index]), as_float(outs[index])

@@ -41,6 +41,7 @@ class CodecTraining:
     batch_size: int = 64
     task_loss: float = 0.0  # weight of the cross-entropy term; 0: MSE only
     seed: int = 0
+    per_epoch: int | None = None  # from a cache: a seeded random subset per epoch
 
 
 def train_codec(
@@ -127,7 +128,10 @@ def _batch_losses(model, cb, train, settings, epoch, gen, cache):
         for images, labels in batches(train, settings.batch_size, True, seed):
             yield codec_loss(model, cb, images, labels, settings.task_loss, gen), len(images)
         return
-    for x, y in cache[0].block_batches(cb.name, settings.batch_size, True, seed):
+    batches_ = cache[0].block_batches(
+        cb.name, settings.batch_size, True, seed, limit=settings.per_epoch
+    )
+    for x, y in batches_:
         present = random_erasures(len(x), cb.codec.n, cb.codec.r, gen)
         decoded, systematic = cached_decode(cb, x, y, present)
         yield F.mse_loss(decoded, systematic), len(x)
