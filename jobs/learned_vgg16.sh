@@ -5,10 +5,12 @@
 # 2. VGG16's last Linear layer is trained on those features (--base --head-only): the
 #    seeded conv trunk stays, so the model classifies digits and the cache stays valid.
 # 3. One codec per block (ARCH, k = K, r = R), trained from the cache.
-# 4. The accuracy of the whole model with every block coded and 0..R outputs lost.
+# 4. The weights again as safetensors (what jobs/fig8_vgg16_pi.toml and
+#    fig9_vgg16_pi.toml load), and the accuracy of the whole model with every block
+#    coded and 0..R rows lost in each (cocoi accuracy --together).
 # Checkpoints are resumed, so a rerun only does what is missing.
 # Settings (environment): OUT, COUNT, EPOCHS, PER_EPOCH, K, R, ARCH, HIDDEN, BLOCKS,
-# BATCH, LR.
+# BATCH, LR, DRAWS.
 # The defaults: k = 7, r = 3 (n = 10 workers; 7 divides every block's output width,
 # so no column stays on the master), SparseMLP with hidden width 10 (2(k + r) = 20
 # doubles the master's decoding time for little gain), batch 8 and lr 0.01 (a
@@ -44,4 +46,6 @@ for block in $BLOCKS; do
     --epochs "$EPOCHS" --per-epoch "$PER_EPOCH" --batch-size "$BATCH" --resume --out "$ckpt"
   codecs+=(--codec "$ckpt")
 done
-echo "${codecs[@]}" > "$OUT/${ARCH}_k${K}_r${R}.codecs"
+[ -f "${W%.pt}.safetensors" ] || cocoi convert "$W" "${W%.pt}.safetensors"
+cocoi accuracy --model vgg16 --weights "$W" --data digits --count "${COUNT#*:}" \
+  "${codecs[@]}" --together --draws "${DRAWS:-2}" --markdown | tee "$OUT/${ARCH}_k${K}_r${R}_accuracy.md"
