@@ -159,6 +159,7 @@ def latency_figures(rows: list[dict], model: str, out: Path, stem: str) -> list[
             if pts:
                 xs, ys, es = zip(*pts, strict=True)
                 ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=LABELS[scheme])
+        ax.set_xticks(sorted({r["level"] for r in rows if r["scenario"] == scenario}))
         ax.set_xlabel(AXIS.get(scenario, "level"))
         ax.set_ylabel("inference latency (s)")
         ax.set_title(f"{model}, pi testbed: scenario {scenario}")
