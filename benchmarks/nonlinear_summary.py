@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cocoi_mpi.analysis.experiments import scheme_stats
 from cocoi_mpi.traces.reader import Trace, read_trace
 
 NONLINEAR, HYBRID, STAR, UNCODED = "learned", "learned:hybrid", "cocoi:star", "uncoded"
@@ -32,13 +33,13 @@ LABELS = {
 AXIS = {1: "λ_tr", 2: "n_f (scenario 2)", 3: "n_f (scenario 3)"}
 
 
-def cells(trace: Trace) -> dict[tuple, dict]:
-    """(scenario, level, scheme) -> latencies, accuracy and agreement of its requests."""
+def outcomes(trace: Trace) -> dict[tuple, dict]:
+    """(scenario, level, scheme) -> whether each request's top-1 was right and whether
+    it equalled the exact model's (the learned codes are approximate)."""
     req = trace.requests
     groups: dict[tuple, dict] = defaultdict(lambda: defaultdict(list))
     for i in range(len(req["request"])):
         key = (int(req["scenario"][i]), float(req["level"][i]), str(req["scheme"][i]))
-        groups[key]["latency"].append(float(req["latency"][i]))
         groups[key]["correct"].append(int(req["predicted"][i]) == int(req["label"][i]))
         same = int(req["predicted"][i]) == int(req["reference_predicted"][i])
         groups[key]["agree"].append(same)
@@ -46,27 +47,18 @@ def cells(trace: Trace) -> dict[tuple, dict]:
 
 
 def stats_rows(trace: Trace) -> list[dict]:
-    groups = cells(trace)
-    rows = []
-    for (scenario, level, scheme), g in sorted(groups.items()):
-        lat = np.asarray(g["latency"])
-        rows.append(
-            dict(
-                scenario=scenario,
-                level=level,
-                scheme=scheme,
-                n=len(lat),
-                mean=float(lat.mean()),
-                std=float(lat.std(ddof=1)) if len(lat) > 1 else 0.0,
-                accuracy=100.0 * float(np.mean(g["correct"])),
-                agreement=100.0 * float(np.mean(g["agree"])),
-            )
-        )
+    """analysis.experiments.scheme_stats (mean, std, reduction vs uncoded) plus the
+    reduction vs CoCoI-k*, the accuracy and the agreement with the exact model."""
+    rows = scheme_stats(trace)
+    seen = outcomes(trace)
     means = {(r["scenario"], r["level"], r["scheme"]): r["mean"] for r in rows}
     for r in rows:
-        for ref, name in ((UNCODED, "vs_uncoded"), (STAR, "vs_star")):
-            base = means.get((r["scenario"], r["level"], ref))
-            r[name] = 1.0 - r["mean"] / base if base else float("nan")
+        key = (r["scenario"], r["level"], r["scheme"])
+        r["n"], r["vs_uncoded"] = r["count"], r["reduction"]
+        base = means.get((r["scenario"], r["level"], STAR))
+        r["vs_star"] = 1.0 - r["mean"] / base if base else float("nan")
+        r["accuracy"] = 100.0 * float(np.mean(seen[key]["correct"]))
+        r["agreement"] = 100.0 * float(np.mean(seen[key]["agree"]))
     return rows
 
 
