@@ -5,7 +5,8 @@
 
 For each distributed conv of VGG16 and ResNet18 (224x224, one image) at n = 10 and
 the given k (capped per layer by ``layer_k``), the master's four phases of one round
-are timed on the conv's real input (captured with forward hooks):
+are timed on the conv's real input (captured with forward hooks), stored width-major
+as the runtime keeps it (geometry/layout.py):
 
 - split:  ``ConvRound.subtask_input(i)`` for the k systematic subtasks;
 - encode: ``subtask_input(k)``, which makes the n-k parity inputs in one product;
@@ -40,6 +41,7 @@ from cocoi_mpi.codes.linear import LinearCode
 from cocoi_mpi.engine.proxies import type1_convs
 from cocoi_mpi.geometry.assembly import Assembly, conv_output_shape
 from cocoi_mpi.geometry.conv import ConvSpec, conv_spec, layer_k, worker_conv
+from cocoi_mpi.geometry.layout import width_major
 from cocoi_mpi.geometry.rounds import ConvRound
 from cocoi_mpi.models import build_model, input_shape
 
@@ -120,7 +122,7 @@ def capture_inputs(model_name: str) -> list[Layer]:
     for hook in hooks:
         hook.remove()
     return [
-        Layer(name, conv, conv_spec(i, name, conv), seen[name].detach().contiguous())
+        Layer(name, conv, conv_spec(i, name, conv), width_major(seen[name].detach()))
         for i, (name, conv) in enumerate(type1_convs(model))
     ]
 
@@ -171,7 +173,7 @@ def merge_all(assembly: Assembly, code: LinearCode, outputs: dict[int, torch.Ten
 
 def conv_seconds(layer: Layer, reps: int) -> float:
     """The whole layer as one F.conv2d on the master's thread: the scale to judge by."""
-    conv, x = layer.conv, layer.x
+    conv, x = layer.conv, layer.x.contiguous()
     args = (conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
     return median_seconds(lambda _: F.conv2d(x, *args), reps)
 

@@ -290,13 +290,16 @@ def test_coded_layers_take_one_image(references):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_install_replaces_every_conv_but_the_first(references, name):
+    """Every conv but the first is distributed; the first runs on the master through a
+    local proxy (its output width-major, geometry/layout.py) and ships to no worker."""
     model = references[name][0]
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     net, _, specs = coded(model, N, 2)
     assert [s.name for s in specs] == convs[1:]
     assert [s.layer_id for s in specs] == list(range(len(convs) - 1))
     first = net.get_submodule(convs[0])
-    assert type(first) is nn.Conv2d
+    assert isinstance(first, CodedConv) and first.local
+    assert all(not net.get_submodule(c).local for c in convs[1:])
     for conv_name in convs[1:]:
         proxy = net.get_submodule(conv_name)
         assert isinstance(proxy, CodedConv)
@@ -519,8 +522,8 @@ def test_lenet5_rounds_leave_no_columns_to_the_master(k):
 
 
 # --------------------------------------------------------------------------- master's copies
-# fill_piece and Assembly copy narrow column windows as one numpy item per row; the
-# reference here is plain torch slicing and F.pad, bit for bit.
+# fill_piece and Assembly copy column windows of width-major maps (geometry/layout.py);
+# the reference here is plain torch slicing and F.pad, bit for bit.
 
 
 INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
@@ -559,27 +562,30 @@ def random_bits(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.
 def test_fill_piece_and_round_match_torch_slicing_bit_for_bit(
     dtype, kernel, stride, dilation, pad, width
 ):
-    """Every piece is the padded input's columns, bit for bit, whichever path copies it."""
+    """Every piece is the padded input's columns stored (w, H, C), bit for bit, from a
+    width-major input and from one in torch's usual layout (made width-major first)."""
     from dataclasses import replace
 
     from cocoi_mpi.codes.linear import LinearCode
-    from cocoi_mpi.geometry.columns import fill_piece
     from cocoi_mpi.geometry.conv import conv_spec, layer_k
-    from cocoi_mpi.geometry.rounds import ConvRound
+    from cocoi_mpi.geometry.layout import column_rows, is_width_major, width_major
+    from cocoi_mpi.geometry.rounds import ConvRound, fill_piece
 
     conv = nn.Conv2d(5, 3, (3, kernel), stride=(1, stride), dilation=(1, dilation))
     spec = replace(conv_spec(0, "c", conv), pad_w=pad)
     x = random_bits((1, 5, 4, width), dtype, seed=width + kernel)
+    wide = width_major(x)
+    assert is_width_major(wide) and not is_width_major(x) and bit_equal(wide, x)
     padded = nn.functional.pad(as_bits(x), pad)  # zero bits are 0.0
-    strided = torch.cat([x, x], dim=3)[:, :, :, :width]  # not contiguous: the torch path
     for k in range(1, layer_k(spec, width, 8, 1) + 1):
         round_ = ConvRound(spec, x, LinearCode(k + 2, k))
-        other = ConvRound(spec, strided, LinearCode(k + 2, k))
+        other = ConvRound(spec, wide, LinearCode(k + 2, k))
         for i, (a, b) in enumerate(round_.split.ins):
             want = padded[0, :, :, a:b]  # the last piece may reach past the padded input
-            want = nn.functional.pad(want, (0, b - a - want.shape[2])).view(dtype)
-            dst = torch.full((5, 4, b - a), float("nan"), dtype=dtype)
-            fill_piece(spec, x, (a, b), dst)
+            want = nn.functional.pad(want, (0, b - a - want.shape[2]))
+            want = want.permute(2, 1, 0).contiguous().view(dtype)
+            dst = torch.full((b - a, 4, 5), float("nan"), dtype=dtype)
+            fill_piece(spec, column_rows(wide), (a, b), dst)
             assert bit_equal(dst, want), (k, i)
             assert bit_equal(round_.subtask_input(i)[0], want), (k, i)
             assert bit_equal(other.subtask_input(i)[0], want), (k, i)
@@ -590,8 +596,8 @@ def test_fill_piece_and_round_match_torch_slicing_bit_for_bit(
     "width,k", [(7, 7), (14, 7), (28, 7), (56, 8), (29, 4), (13, 5), (56, 2), (112, 7)]
 )
 def test_assembly_places_pieces_bit_for_bit(dtype, width, k):
-    """Pieces land in their columns, the last one cropped, from contiguous outputs (numpy
-    path) and from strided ones (torch path) alike."""
+    """Pieces (w, H, C) land in their columns of the width-major output, the last one
+    cropped, from contiguous outputs and from strided ones alike."""
     from cocoi_mpi.codes.linear import LinearCode
     from cocoi_mpi.geometry.assembly import Assembly
     from cocoi_mpi.geometry.split import AxisGeom
@@ -599,10 +605,10 @@ def test_assembly_places_pieces_bit_for_bit(dtype, width, k):
     code = LinearCode(k + 2, k)
     split = split_layer(AxisGeom(1), width, k)
     w = split.outs[0][1] - split.outs[0][0]
-    pieces = random_bits((k, 6, 3, w), dtype, seed=width)
-    want = torch.cat(list(pieces), dim=2)[:, :, :width].unsqueeze(0)
+    pieces = random_bits((k, w, 3, 6), dtype, seed=width)
+    want = torch.cat([p.permute(2, 1, 0) for p in pieces], dim=2)[:, :, :width].unsqueeze(0)
     for strided in (False, True):
-        outputs = [torch.cat([p, p], dim=2)[..., :w] if strided else p for p in pieces]
+        outputs = [torch.cat([p, p], dim=2)[..., :6] if strided else p for p in pieces]
         assembly = Assembly(split, (1, 6, 3, width), dtype)
         assembly.place(0, outputs[0])  # as a decoded piece is placed
         for index in range(1, k):
@@ -638,11 +644,16 @@ def test_worker_conv_adds_the_bias_scaled_per_piece(scales):
     conv = nn.Conv2d(3, 5, 3, padding=1)
     spec = conv_spec(0, "c", conv)
     x = torch.randn(len(scales), 3, 6, 7, generator=gen)
+    stored = x.permute(0, 3, 2, 1).contiguous()  # the (m, w, H, C) a worker gets
     with torch.no_grad():
         plain = F.conv2d(F.pad(x, (0, 0, 1, 1)), conv.weight)
         want = plain + torch.tensor(scales).view(-1, 1, 1, 1) * conv.bias.view(1, -1, 1, 1)
-        torch.testing.assert_close(worker_conv(spec, x, scales), want, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(worker_conv(spec, x), plain, rtol=1e-5, atol=1e-6)
+        got = worker_conv(spec, stored, scales)
+        assert got.is_contiguous() and got.shape == (len(scales), 5, 6, 5)
+        torch.testing.assert_close(got.permute(0, 3, 2, 1), want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            worker_conv(spec, stored).permute(0, 3, 2, 1), plain, rtol=1e-5, atol=1e-5
+        )
 
 
 def test_coded_outputs_carry_the_codes_combination_of_biased_pieces():
@@ -657,7 +668,7 @@ def test_coded_outputs_carry_the_codes_combination_of_biased_pieces():
         conv.bias.normal_(0, 3.0, generator=gen)
     spec = conv_spec(0, "c", conv)
     code = LinearCode(10, 7)
-    pieces = torch.randn(7, 4, 5, 6, generator=gen)
+    pieces = torch.randn(7, 6, 5, 4, generator=gen)  # (w, H, C_in) each
     coded = code.encode(pieces)
     with torch.no_grad():
         biased = torch.stack([worker_conv(spec, p.unsqueeze(0), (1.0,))[0] for p in pieces])

@@ -13,12 +13,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
-import torch.nn.functional as F
 
 from ..codes import Scheme, SchemeInfo, scheme_info
 from ..geometry.assembly import Assembly, conv_output_shape, merge
 from ..geometry.blocks import BlockSpec, cut_block, probe_block, split_block
-from ..geometry.conv import ConvSpec, NotSplittable, layer_k, worker_conv
+from ..geometry.conv import ConvSpec, NotSplittable, layer_k, master_conv
 from ..geometry.rounds import ConvRound, Prepared, new_buffer
 from ..geometry.units import compute, masks_for, rest_output
 from .rows import FAILED_STATUSES, Execution, RoundShortfall, flop_counts, layer_id, no_arithmetic
@@ -271,9 +270,8 @@ class Engine:
 
 
 def local_conv(spec: ConvSpec, x: torch.Tensor) -> torch.Tensor:
-    """The layer as the model would compute it, on the master."""
-    x = F.pad(x, (*spec.pad_w, 0, 0)) if any(spec.pad_w) else x
-    return worker_conv(spec, x, (1.0,))
+    """The layer as the model would compute it, on the master (output width-major)."""
+    return master_conv(spec, x)
 
 
 class LocalEngine(Engine):

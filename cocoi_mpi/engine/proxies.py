@@ -11,7 +11,9 @@ from torch import nn
 
 from ..codes import BLOCK, CONV
 from ..geometry.blocks import BlockLoc, BlockSpec, block_modules, block_spec
-from ..geometry.conv import ConvSpec, NotSplittable, conv_spec
+from ..geometry.conv import ConvSpec, NotSplittable, conv_spec, master_conv
+
+local_conv = master_conv  # a conv the master keeps (its output width-major)
 
 if TYPE_CHECKING:
     import torch
@@ -20,17 +22,26 @@ if TYPE_CHECKING:
 
 
 class CodedConv(nn.Module):
-    """Stands in for a type-1 Conv2d and hands its forward to the engine."""
+    """Stands in for a Conv2d and hands its forward to the engine.
 
-    def __init__(self, conv: nn.Conv2d, spec: ConvSpec, engine: Engine):
+    A type-1 conv runs as a coded round when the scheme in use distributes it; any
+    other conv (``local``: the first one, one the plan keeps, or one that cannot be
+    cut) runs on the master as ``local_conv``, whose output is width-major
+    (geometry/layout.py) like a coded round's, so the next coded round cuts
+    contiguous windows. The reference forward (``engine.bypass``) runs the Conv2d
+    itself."""
+
+    def __init__(self, conv: nn.Conv2d, spec: ConvSpec, engine: Engine, local: bool = False):
         super().__init__()
-        self.conv, self.spec = conv, spec
+        self.conv, self.spec, self.local = conv, spec, local
         self._engine = [engine]  # a list keeps the engine out of the module tree
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         engine = self._engine[0]
-        if engine.bypass or not self.distributed(engine):
+        if engine.bypass:
             return self.conv(x)
+        if self.local or not self.distributed(engine):
+            return local_conv(self.spec, x)
         return engine.run_conv(self.spec, x)
 
     def distributed(self, engine: Engine) -> bool:
@@ -94,9 +105,11 @@ def install(
     conv but the first (``skip_first``).
     """
     specs = []
+    every = type1_convs(model, skip_first=False)  # before any proxy wraps one
     convs = type1_convs(model, skip_first=only is None and skip_first)
     if only is not None:
         convs = [(name, conv) for name, conv in convs if name in only]
+    chosen = {name for name, _ in convs}
     for layer_id, (name, conv) in enumerate(convs):
         try:
             spec = conv_spec(layer_id, name, conv)
@@ -104,6 +117,14 @@ def install(
             continue
         set_submodule(model, name, CodedConv(conv, spec, engine))
         specs.append(spec)
+    for name, conv in every:
+        if name in chosen:
+            continue
+        try:
+            spec = conv_spec(-1, name, conv)
+        except NotSplittable:
+            continue  # a padding mode local_conv does not reproduce: torch runs it
+        set_submodule(model, name, CodedConv(conv, spec, engine, local=True))
     return specs
 
 

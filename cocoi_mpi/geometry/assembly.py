@@ -11,10 +11,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from .columns import WIDE_ROW_BYTES, _as_byte_rows, _copy_columns, _numpy
+from .layout import column_rows, empty_width_major
 from .split import LayerSplit
 
 if TYPE_CHECKING:
@@ -26,7 +25,9 @@ class Assembly:
 
     A subtask that carries source pieces unchanged is placed when it arrives (while
     the master still waits for others); after that only the missing pieces are
-    decoded. Columns past the output width (the last piece's padding) are cropped."""
+    decoded. Columns past the output width (the last piece's padding) are cropped.
+    The output is width-major (``layout``): each piece's columns are one contiguous
+    block of it, so placing a piece is one copy at memory speed."""
 
     def __init__(
         self,
@@ -36,19 +37,15 @@ class Assembly:
         clock: Callable[[], float] = time.perf_counter,
     ):
         self.split, self.clock = split, clock
-        self.out = torch.empty(out_shape, dtype=dtype)
-        # the output seen by numpy, for place; None: torch copies (wide pieces too)
-        width = split.outs[0][1] - split.outs[0][0]
-        wide = width * self.out.element_size() >= WIDE_ROW_BYTES
-        self._out = None if wide else _numpy(self.out)
-        self._rows = None if self._out is None else _as_byte_rows(self._out)
+        _, channels, height, width = out_shape
+        self.out = empty_width_major(channels, height, width, dtype)
+        self._rows = column_rows(self.out)  # (W_out, H_out*C_out), the output's memory
         self.placed: set[int] = set()
         self.place_s = 0.0
 
     def place(self, piece: int, value: torch.Tensor) -> None:
-        """Write one output piece (C_out, H_out, w) into its columns of the output."""
-        block = value.unsqueeze(0)
-        self._place(piece, block, 0, self._block_rows(block))
+        """Write one output piece (w, H_out, C_out) into its columns of the output."""
+        self._place(piece, value.unsqueeze(0), 0)
 
     def place_subtask(self, code, index: int, output: torch.Tensor) -> None:
         """Put the source pieces a subtask carries into place (first copy wins)."""
@@ -56,36 +53,21 @@ class Assembly:
         if sources is None:
             return
         t0 = self.clock()
-        rows = self._block_rows(output)
         for slot, piece in enumerate(sources):
             if piece not in self.placed:
-                self._place(piece, output, slot, rows)
+                self._place(piece, output, slot)
         self.place_s += self.clock() - t0
 
-    def _block_rows(self, block: torch.Tensor) -> np.ndarray | None:
-        """A (m, C_out, H_out, w) block of pieces as (m, C_out*H_out, w*itemsize) byte
-        rows, seen once for its m pieces; None where numpy cannot see it (then place
-        copies with torch)."""
-        arr = None if self._out is None else _numpy(block)
-        if arr is None or arr.ndim != 4 or arr.dtype != self._out.dtype:
-            return None
-        if arr.shape[1:3] != self._out.shape[1:3]:
-            return None
-        return _as_byte_rows(arr).reshape(len(arr), len(self._rows), -1)
-
-    def _place(self, piece: int, block: torch.Tensor, slot: int, rows: np.ndarray | None) -> None:
-        """Copy ``block[slot]`` into piece ``piece``'s columns, cropped at the output edge:
-        as byte rows (``_columns``) when there are some, else with torch."""
+    def _place(self, piece: int, block: torch.Tensor, slot: int) -> None:
+        """Copy ``block[slot]`` (w, H_out, C_out) into piece ``piece``'s columns,
+        cropped at the output edge."""
         a, b = self.split.outs[piece]
         b = min(b, self.split.width_out)
         self.placed.add(piece)
         if b <= a:  # a piece wholly past the edge (m = 2 codes): nothing to keep
             return
-        if rows is None:
-            self.out[0, :, :, a:b].copy_(block[slot][..., : b - a])
-        else:
-            size = self._out.itemsize
-            _copy_columns(self._rows, size * a, rows[slot], 0, size * (b - a))
+        value = block[slot]
+        self._rows[a:b].copy_(value.reshape(value.shape[0], -1)[: b - a])
 
     def finish(self, code, outputs: Mapping[int, torch.Tensor]) -> tuple[list[int], float]:
         """Place what is still unplaced, decode only the missing pieces.
@@ -97,9 +79,8 @@ class Assembly:
         t0 = self.clock()
         rebuilt, used = code.decode_missing(outputs, missing)
         t1 = self.clock()
-        rows = self._block_rows(rebuilt) if missing else None
         for slot, piece in enumerate(missing):
-            self._place(piece, rebuilt, slot, rows)
+            self._place(piece, rebuilt, slot)
         self.place_s += self.clock() - t1
         return used, t1 - t0
 

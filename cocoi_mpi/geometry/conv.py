@@ -6,7 +6,9 @@ the arithmetic that decides exactness is the same code in tests and in real runs
 The master cuts equal pieces that together cover the whole output width (the last
 one reaches past it and is cropped), copying each piece's input columns straight into
 its subtask's send buffer, with zeros where the layer's padding (or the coverage past
-the edge) is; a worker pads the height itself and convolves. The bias is added by the
+the edge) is; a worker pads the height itself and convolves. Pieces travel
+width-major, stored (w, H, C) (:mod:`cocoi_mpi.geometry.layout`): a window of columns
+is then one contiguous block for the master to copy. The bias is added by the
 workers, scaled by the subtask's encoding row sums (``Scheme.bias_scales``): a coded
 input sum_i g_i x_i then yields sum_i g_i (conv(x_i) + b), the code's combination of
 the biased pieces, so decoding stays linear and the master never adds a bias. Outputs
@@ -15,20 +17,21 @@ runs on the master.
 
 This module holds a conv's spec and a worker's subtask; the master's inputs are in
 :mod:`cocoi_mpi.geometry.rounds`, its outputs in :mod:`cocoi_mpi.geometry.assembly`,
-the byte-row copies both use in :mod:`cocoi_mpi.geometry.columns`.
+the width-major layout both use in :mod:`cocoi_mpi.geometry.layout`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InternalError
+from .layout import transposed_conv, transposed_weight, width_major
 from .split import AxisGeom, tightest_pieces
 
 if TYPE_CHECKING:
@@ -62,6 +65,11 @@ class ConvSpec:
     def height_geom(self) -> AxisGeom:
         return AxisGeom(self.weight.shape[2], self.stride[0], self.dilation[0], *self.pad_h)
 
+    @cached_property
+    def weight_t(self) -> torch.Tensor:
+        """The weight for width-major maps (``layout.transposed_weight``), made once."""
+        return transposed_weight(self.weight)
+
     # The coding-unit protocol (subtasks.Unit), answered by BlockSpec too.
 
     def compute(
@@ -77,9 +85,9 @@ class ConvSpec:
         return ()
 
     def reply_shape(self, prep: ConvRound, code: Scheme) -> tuple[int, ...]:
-        """(m, C_out, H_out, piece width) of one subtask's output."""
+        """(m, piece width, H_out, C_out): one subtask's output, stored width-major."""
         height = self.height_geom.out_size(prep.height)
-        return (code.pieces_per_task, self.weight.shape[0], height, prep.split.piece_width)
+        return (code.pieces_per_task, prep.split.piece_width, height, self.weight.shape[0])
 
     def rest_output(self, prep: ConvRound) -> None:
         return None  # a conv round covers every column with its pieces; bias comes later
@@ -106,21 +114,40 @@ def conv_spec(layer_id: int, name: str, conv: nn.Conv2d) -> ConvSpec:
 
 
 def worker_conv(spec: ConvSpec, x: torch.Tensor, bias_scales: Sequence[float] = ()) -> torch.Tensor:
-    """A worker's subtask: (m, C, H, w) coded input -> (m, C_out, H_out, w_out).
+    """A worker's subtask: (m, w, H, C) width-major coded input -> (m, w_out, H_out, C_out).
 
     Piece p gets ``bias_scales[p]`` times the layer's bias (none when the scales are
     empty or the layer has no bias): fused into the conv when every piece's scale is
     the same, one in-place pass otherwise."""
-    x = F.pad(x, (0, 0, *spec.pad_h)) if any(spec.pad_h) else x
     scales = tuple(bias_scales) if spec.bias is not None else ()
     fused = None
     if scales and len(set(scales)) == 1:
         fused = spec.bias if scales[0] == 1.0 else spec.bias * scales[0]
-    out = F.conv2d(x, spec.weight, fused, spec.stride, 0, spec.dilation, spec.groups)
+    out = transposed_conv(
+        x, spec.weight_t, fused, spec.stride, spec.dilation, spec.groups, spec.pad_h
+    )
     if scales and fused is None:
         per_piece = torch.tensor(scales, dtype=out.dtype).view(-1, 1, 1, 1)
-        out.add_(per_piece * spec.bias.view(1, -1, 1, 1))
-    return out
+        out = out.contiguous()
+        out.add_(per_piece * spec.bias.view(1, 1, 1, -1))
+    return out.contiguous()
+
+
+def master_conv(spec: ConvSpec, x: torch.Tensor) -> torch.Tensor:
+    """The whole layer on the master, (1, C, H, W) in any layout -> width-major output
+    (so the next coded layer's pieces are contiguous windows of it)."""
+    stored = width_major(x).permute(0, 3, 2, 1)
+    out = transposed_conv(
+        stored,
+        spec.weight_t,
+        spec.bias,
+        spec.stride,
+        spec.dilation,
+        spec.groups,
+        spec.pad_h,
+        spec.pad_w,
+    )
+    return out.contiguous().permute(0, 3, 2, 1)
 
 
 def layer_k(spec: ConvSpec, width_in: int, k: int, pieces_per_task: int) -> int:

@@ -9,13 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
-from .columns import _fill_piece_rows, _fill_piece_torch, _piece_columns, _piece_rows, fill_piece
+from .layout import column_rows, width_major
 from .split import LayerSplit, split_layer
 
 if TYPE_CHECKING:
@@ -28,14 +26,42 @@ def check_input(spec: ConvSpec, x: torch.Tensor) -> None:
 
 
 def cut_pieces(spec: ConvSpec, x: torch.Tensor, pieces: int) -> tuple[LayerSplit, torch.Tensor]:
-    """The split and its k*m input pieces stacked on dim 0 (tests and analysis)."""
+    """The split and its k*m input pieces stacked on dim 0, each stored width-major
+    (w, H, C) as the workers get them (tests and analysis)."""
     check_input(spec, x)
     split = split_layer(spec.width_geom, x.shape[3], pieces)
     width = split.ins[0][1] - split.ins[0][0]
-    out = x.new_empty((pieces, x.shape[1], x.shape[2], width))
+    out = x.new_empty((pieces, width, x.shape[2], x.shape[1]))
+    rows = column_rows(width_major(x))
     for i, rng in enumerate(split.ins):
-        fill_piece(spec, x, rng, out[i])
+        fill_piece(spec, rows, rng, out[i])
     return split, out
+
+
+def piece_columns(spec: ConvSpec, width_in: int, padded_range: tuple[int, int]) -> tuple[int, ...]:
+    """(lo, hi, start, stop): input columns lo:hi fill the piece's columns start:stop;
+    the piece's other columns are the layer's width padding (or past the input): 0."""
+    a, b = padded_range
+    left = spec.pad_w[0]
+    lo, hi = max(a - left, 0), min(b - left, width_in)
+    start = lo - (a - left)
+    return lo, hi, start, start + max(hi - lo, 0)
+
+
+def fill_piece(
+    spec: ConvSpec, rows: torch.Tensor, padded_range: tuple[int, int], dst: torch.Tensor
+) -> None:
+    """Write the input columns ``padded_range`` (padded coordinates) of the input's
+    column rows (``layout.column_rows``, (W, H*C)) into ``dst`` (w, H, C): one
+    contiguous copy, and zeros for the padding and past the input's edge."""
+    lo, hi, start, stop = piece_columns(spec, rows.shape[0], padded_range)
+    flat = dst.view(dst.shape[0], -1)
+    if start > 0:
+        flat[:start].zero_()
+    if stop > start:
+        flat[start:stop].copy_(rows[lo:hi])
+    if stop < len(flat):
+        flat[stop:].zero_()
 
 
 Alloc = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
@@ -48,12 +74,13 @@ def new_buffer(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 class ConvRound:
     """The master's side of one conv round: subtask inputs made on demand.
 
-    ``subtask_input(i)`` makes subtask i's input in its own slot of one (n*m, C, H, w)
+    ``subtask_input(i)`` makes subtask i's input in its own slot of one (n*m, w, H, C)
     buffer (the send buffer: nothing is copied again before MPI sends it), so the
     master can post each send as soon as its input exists. A subtask that carries
-    source pieces unchanged costs one copy of their columns (``split_s``); coded
-    subtasks are made together, a systematic code's parities by one matrix product
-    over the source slots (``encode_s``).
+    source pieces unchanged costs one contiguous copy of their columns of the
+    width-major input (``split_s``; an input in another layout is made width-major
+    first, counted there too); coded subtasks are made together, a systematic code's
+    parities by one matrix product over the source slots (``encode_s``).
     """
 
     def __init__(
@@ -69,11 +96,12 @@ class ConvRound:
         self.split = split_layer(spec.width_geom, x.shape[3], code.source_pieces)
         self.m = code.pieces_per_task
         width = self.split.ins[0][1] - self.split.ins[0][0]
-        self.piece_shape = (x.shape[1], x.shape[2], width)
+        self.piece_shape = (width, x.shape[2], x.shape[1])
         self.buffer = alloc((code.n * self.m, *self.piece_shape), x.dtype)
         self.made: set[int] = set()
         self.split_s = self.encode_s = 0.0
         self._sources: torch.Tensor | None = None
+        self._column_rows: torch.Tensor | None = None
         self._encoded = False
         self.reply = None
 
@@ -82,7 +110,7 @@ class ConvRound:
         return self.x.shape[2]
 
     def subtask_input(self, index: int) -> torch.Tensor:
-        """(m, C, H, w) input of subtask ``index``, contiguous; streaming schemes may ask
+        """(m, w, H, C) input of subtask ``index``, contiguous; streaming schemes may ask
         for indices past n (made from the sources, outside the buffer)."""
         m = self.m
         if index >= self.code.n:
@@ -105,20 +133,17 @@ class ConvRound:
             self.split_s += self.clock() - t0
         self.made.add(index)
 
-    @cached_property
-    def _rows(self) -> tuple[np.ndarray, np.ndarray] | None:
-        """The input and the buffer as byte rows (``_piece_rows``), once per round:
-        the per-piece cost of viewing them is then not paid k times."""
-        return _piece_rows(self.x, self.buffer)
+    @property
+    def _rows(self) -> torch.Tensor:
+        """The input's column rows (W, H*C), made width-major once per round (inside
+        the first piece's split time)."""
+        if self._column_rows is None:
+            self._column_rows = column_rows(width_major(self.x))
+        return self._column_rows
 
     def _fill(self, slot: int, piece: int) -> None:
         """fill_piece of source ``piece`` into buffer row ``slot``."""
-        columns = _piece_columns(self.spec, self.x.shape[3], self.split.ins[piece])
-        if self._rows is None:
-            _fill_piece_torch(self.x, columns, self.buffer[slot])
-        else:
-            src, dst = self._rows
-            _fill_piece_rows(src, dst[slot], columns, self.buffer.itemsize)
+        fill_piece(self.spec, self._rows, self.split.ins[piece], self.buffer[slot])
 
     @property
     def systematic(self) -> bool:
@@ -128,7 +153,7 @@ class ConvRound:
 
     @property
     def pieces(self) -> torch.Tensor:
-        """The k*m source pieces (K, C, H, w): the buffer's first rows when systematic."""
+        """The k*m source pieces (K, w, H, C): the buffer's first rows when systematic."""
         if self.systematic:
             for i in range(self.code.k):
                 if i not in self.made:

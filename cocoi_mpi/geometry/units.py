@@ -24,7 +24,8 @@ class Unit(Protocol):
     def compute(
         self, x: torch.Tensor, masks: Sequence[Range] = (), bias_scales: Sequence[float] = ()
     ) -> torch.Tensor:
-        """A worker's computation on one (m, C, H, w) subtask input."""
+        """A worker's computation on one subtask input: (m, w, H, C) width-major for a
+        conv, (m, C, H, w) for a block."""
         ...
 
     def masks_for(self, prep: ConvRound | Prepared, index: int) -> tuple[Range, ...]:
@@ -32,7 +33,8 @@ class Unit(Protocol):
         ...
 
     def reply_shape(self, prep: ConvRound | Prepared, code: Scheme) -> tuple[int, ...]:
-        """Shape of one subtask's output: (m, C_out, H_out, piece width)."""
+        """Shape of one subtask's output: (m, piece width, H_out, C_out) for a conv,
+        (m, C_out, H_out, piece width) for a block."""
         ...
 
     def rest_output(self, prep: ConvRound | Prepared) -> torch.Tensor | None:
@@ -43,7 +45,7 @@ class Unit(Protocol):
 def compute(
     spec: Unit, x: torch.Tensor, masks: Sequence[Range] = (), bias_scales: Sequence[float] = ()
 ) -> torch.Tensor:
-    """A worker's computation on one (m, C, H, w) subtask input; a conv adds its bias
+    """A worker's computation on one subtask input (``Unit.compute``); a conv adds its bias
     scaled per piece by ``bias_scales`` (blocks carry their biases inside)."""
     return spec.compute(x, masks, bias_scales)
 
@@ -54,7 +56,7 @@ def masks_for(spec: Unit, prep: ConvRound | Prepared, index: int) -> tuple[Range
 
 
 def reply_shape(spec: Unit, prep: ConvRound | Prepared, code: Scheme) -> tuple[int, ...]:
-    """Shape of one subtask's output: (m, C_out, H_out, piece width)."""
+    """Shape of one subtask's output (``Unit.reply_shape``)."""
     return spec.reply_shape(prep, code)
 
 

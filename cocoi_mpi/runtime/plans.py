@@ -18,6 +18,7 @@ from ..codes.safety import check_code, largest_safe_k
 from ..engine.proxies import install, install_blocks, type1_convs
 from ..experiment.config import RunConfig, scenario_of
 from ..experiment.sweep import Cell, cells, parse_sweep, select_part
+from ..geometry.layout import install_layout
 from ..learned.scheme import LearnedScheme
 from .master import MasterEngine
 
@@ -121,10 +122,13 @@ def plan_lines(cfg: RunConfig, key: tuple, plans: list) -> list[str]:
 
 def install_for(job: MasterJob, engine: MasterEngine, cfg: RunConfig) -> list:
     """Proxies for every conv some cell distributes, and for the learned scheme's blocks
-    (whose codecs the engine was given: :func:`learned_codecs`)."""
+    (whose codecs the engine was given: :func:`learned_codecs`); then max pools and batch
+    norms that keep the coded convs' width-major outputs width-major
+    (``layout.install_layout``)."""
     locs = [cb.loc for cb in job.blocks]
     specs = install_convs(job, engine, cfg) if codes_convs(cfg) else []
     job.block_specs = install_blocks(job.model, engine, locs)
+    install_layout(job.model)
     return specs
 
 
