@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .layout import column_rows, empty_width_major
+from .layout import as_numpy, column_rows, copy_window, empty_width_major
 from .split import LayerSplit
 
 if TYPE_CHECKING:
@@ -40,6 +40,8 @@ class Assembly:
         _, channels, height, width = out_shape
         self.out = empty_width_major(channels, height, width, dtype)
         self._rows = column_rows(self.out)  # (W_out, H_out*C_out), the output's memory
+        self._rows_np = as_numpy(self._rows)  # the same, for numpy's cheaper calls
+        self._windows = [(a, min(b, split.width_out)) for a, b in split.outs]
         self.placed: set[int] = set()
         self.place_s = 0.0
 
@@ -61,13 +63,14 @@ class Assembly:
     def _place(self, piece: int, block: torch.Tensor, slot: int) -> None:
         """Copy ``block[slot]`` (w, H_out, C_out) into piece ``piece``'s columns,
         cropped at the output edge."""
-        a, b = self.split.outs[piece]
-        b = min(b, self.split.width_out)
+        a, b = self._windows[piece]
         self.placed.add(piece)
         if b <= a:  # a piece wholly past the edge (m = 2 codes): nothing to keep
             return
-        value = block[slot]
-        self._rows[a:b].copy_(value.reshape(value.shape[0], -1)[: b - a])
+        src = None if self._rows_np is None else as_numpy(block)
+        dst = self._rows if src is None else self._rows_np
+        value = block[slot] if src is None else src[slot]
+        copy_window(dst, value.reshape(value.shape[0], -1), a, b, 0)
 
     def finish(self, code, outputs: Mapping[int, torch.Tensor]) -> tuple[list[int], float]:
         """Place what is still unplaced, decode only the missing pieces.

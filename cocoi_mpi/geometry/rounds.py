@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .layout import column_rows, width_major
+from .layout import as_numpy, column_rows, copy_window, width_major, zero_rows
 from .split import LayerSplit, split_layer
 
 if TYPE_CHECKING:
@@ -54,14 +54,15 @@ def fill_piece(
     """Write the input columns ``padded_range`` (padded coordinates) of the input's
     column rows (``layout.column_rows``, (W, H*C)) into ``dst`` (w, H, C): one
     contiguous copy, and zeros for the padding and past the input's edge."""
+    fill_rows(spec, rows, padded_range, dst.view(dst.shape[0], -1))
+
+
+def fill_rows(spec: ConvSpec, rows, padded_range: tuple[int, int], dst) -> None:
+    """``fill_piece`` on (W, H*C) rows and a (w, H*C) slot, numpy arrays or tensors."""
     lo, hi, start, stop = piece_columns(spec, rows.shape[0], padded_range)
-    flat = dst.view(dst.shape[0], -1)
-    if start > 0:
-        flat[:start].zero_()
-    if stop > start:
-        flat[start:stop].copy_(rows[lo:hi])
-    if stop < len(flat):
-        flat[stop:].zero_()
+    zero_rows(dst, 0, start)
+    copy_window(dst, rows, start, stop, lo)
+    zero_rows(dst, stop, dst.shape[0])
 
 
 Alloc = Callable[[tuple[int, ...], torch.dtype], torch.Tensor]
@@ -101,7 +102,7 @@ class ConvRound:
         self.made: set[int] = set()
         self.split_s = self.encode_s = 0.0
         self._sources: torch.Tensor | None = None
-        self._column_rows: torch.Tensor | None = None
+        self._column_rows: tuple | None = None
         self._encoded = False
         self.reply = None
 
@@ -134,16 +135,24 @@ class ConvRound:
         self.made.add(index)
 
     @property
-    def _rows(self) -> torch.Tensor:
-        """The input's column rows (W, H*C), made width-major once per round (inside
-        the first piece's split time)."""
+    def _rows(self):
+        """The input's column rows (W, H*C) and the buffer's slots (n*m, w, H*C), as
+        numpy arrays where numpy can see both (else tensors), made once per round (the
+        input made width-major first, inside the first piece's split time)."""
         if self._column_rows is None:
-            self._column_rows = column_rows(width_major(self.x))
+            rows = column_rows(width_major(self.x))
+            slots = self.buffer.view(self.buffer.shape[0], self.buffer.shape[1], -1)
+            rows_np, slots_np = as_numpy(rows), as_numpy(slots)
+            if rows_np is None or slots_np is None:
+                self._column_rows = rows, slots
+            else:
+                self._column_rows = rows_np, slots_np
         return self._column_rows
 
     def _fill(self, slot: int, piece: int) -> None:
         """fill_piece of source ``piece`` into buffer row ``slot``."""
-        fill_piece(self.spec, self._rows, self.split.ins[piece], self.buffer[slot])
+        rows, slots = self._rows
+        fill_rows(self.spec, rows, self.split.ins[piece], slots[slot])
 
     @property
     def systematic(self) -> bool:
