@@ -6,12 +6,19 @@ each run warms up and is left out) of the latency, of the master's coding work
 round, and of each master phase summed over the request's rounds.
 
     python benchmarks/lean_master_summary.py [GLOB]   # default /tmp/tb_*_k*_r*.h5
+    python benchmarks/lean_master_summary.py --per-layer "/tmp/tblong_k*_r*.h5"
+
+Files are named ``<prefix>_<side>_k<K>_r<rep>.h5`` (jobs/lean_master_compare.sh) or
+``<side>_k<K>_r<rep>.h5``. ``--per-layer`` prints, per side, k and layer, the coding
+share of the layer's rounds (median, 90th percentile, largest) and how many rounds
+of all passed 9 % (issue 15's bound per round).
 """
 
 from __future__ import annotations
 
+import argparse
 import glob
-import sys
+import re
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +46,7 @@ def request_rows(path: str) -> list[dict]:
 def table(pattern: str) -> str:
     groups: dict[tuple[str, str], list[dict]] = {}
     for path in sorted(glob.glob(pattern)):
-        side, k = Path(path).stem.split("_")[1:3]
-        groups.setdefault((side, k[1:]), []).extend(request_rows(path))
+        groups.setdefault(side_and_k(path), []).extend(request_rows(path))
     lines = [
         "| side | k | requests | median latency s | coding % of latency | worst round coding % "
         "| split ms | encode ms | send ms | decode ms | merge ms | remainder ms |",
@@ -59,5 +65,61 @@ def table(pattern: str) -> str:
     return "\n".join(lines)
 
 
+def side_and_k(path: str) -> tuple[str, str]:
+    """('after', '8') from .../tb_after_k8_r1.h5 or .../after_k8_r1.h5."""
+    match = re.fullmatch(r"(?:tb_)?(?P<side>.+?)_k(?P<k>\d+)_r\d+", Path(path).stem)
+    if match is None:
+        raise SystemExit(f"{path}: expected a name like tb_<side>_k<K>_r<rep>.h5")
+    return match["side"], match["k"]
+
+
+def round_shares(path: str) -> list[tuple[str, float]]:
+    """(layer, coding share of the round) for every round of the measured requests."""
+    trace = read_trace(path)
+    req, rounds = trace.table("requests"), trace.table("rounds")
+    measured = set(req["request"][1:].tolist())
+    out = []
+    for i, request in enumerate(rounds["request"]):
+        if int(request) in measured:
+            coding = sum(float(rounds[c][i]) for c in CODING)
+            out.append((str(rounds["layer"][i]), coding / float(rounds["total_s"][i])))
+    return out
+
+
+def per_layer(pattern: str, bound: float = 0.09) -> str:
+    groups: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    for path in sorted(glob.glob(pattern)):
+        groups.setdefault(side_and_k(path), []).extend(round_shares(path))
+    lines = [
+        "| side | k | layer | rounds | median % | 90th pct % | largest % |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    totals = []
+    for (side, k), rows in sorted(groups.items()):
+        layers = sorted({name for name, _ in rows}, key=layer_order)
+        for name in layers:
+            shares = 100 * np.array([share for n, share in rows if n == name])
+            lines.append(
+                f"| {side} | {k} | {name} | {len(shares)} | {np.median(shares):.1f} "
+                f"| {np.percentile(shares, 90):.1f} | {shares.max():.1f} |"
+            )
+        over = sum(share > bound for _, share in rows)
+        totals.append(f"{side}, k = {k}: {over} of {len(rows)} rounds above {100 * bound:.0f} %")
+    return "\n".join(lines + [""] + totals)
+
+
+def layer_order(name: str) -> tuple:
+    """features.10 after features.2: numbers compare as numbers."""
+    return tuple(int(p) if p.isdigit() else p for p in name.split("."))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("pattern", nargs="?", default="/tmp/tb_*_k*_r*.h5")
+    parser.add_argument("--per-layer", action="store_true", help="coding share per round")
+    args = parser.parse_args()
+    print(per_layer(args.pattern) if args.per_layer else table(args.pattern))
+
+
 if __name__ == "__main__":
-    print(table(sys.argv[1] if len(sys.argv) > 1 else "/tmp/tb_*_k*_r*.h5"))
+    main()
