@@ -8,9 +8,13 @@ import faulthandler
 import os
 import sys
 
+from .memory import keep_freed_memory
+
 
 def init_world():
-    """Import mpi4py (which runs MPI_Init) under the start-up watchdog; COMM_WORLD."""
+    """Import mpi4py (which runs MPI_Init) under the start-up watchdog; COMM_WORLD.
+    Before that, malloc is told to keep freed memory (``memory.keep_freed_memory``)."""
+    keep_freed_memory()
     with start_up_watchdog():
         from mpi4py import MPI  # MPI_Init
 
