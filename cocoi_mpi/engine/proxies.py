@@ -11,9 +11,8 @@ from torch import nn
 
 from ..codes import BLOCK, CONV
 from ..geometry.blocks import BlockLoc, BlockSpec, block_modules, block_spec
-from ..geometry.conv import ConvSpec, NotSplittable, conv_spec, master_conv
-
-local_conv = master_conv  # a conv the master keeps (its output width-major)
+from ..geometry.conv import ConvSpec, NotSplittable, conv_spec
+from .core import local_conv
 
 if TYPE_CHECKING:
     import torch

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 import torch
@@ -102,7 +103,6 @@ class ConvRound:
         self.made: set[int] = set()
         self.split_s = self.encode_s = 0.0
         self._sources: torch.Tensor | None = None
-        self._column_rows: tuple | None = None
         self._encoded = False
         self.reply = None
 
@@ -134,20 +134,17 @@ class ConvRound:
             self.split_s += self.clock() - t0
         self.made.add(index)
 
-    @property
-    def _rows(self):
+    @cached_property
+    def _rows(self) -> tuple:
         """The input's column rows (W, H*C) and the buffer's slots (n*m, w, H*C), as
         numpy arrays where numpy can see both (else tensors), made once per round (the
         input made width-major first, inside the first piece's split time)."""
-        if self._column_rows is None:
-            rows = column_rows(width_major(self.x))
-            slots = self.buffer.view(self.buffer.shape[0], self.buffer.shape[1], -1)
-            rows_np, slots_np = as_numpy(rows), as_numpy(slots)
-            if rows_np is None or slots_np is None:
-                self._column_rows = rows, slots
-            else:
-                self._column_rows = rows_np, slots_np
-        return self._column_rows
+        rows = column_rows(width_major(self.x))
+        slots = self.buffer.view(self.buffer.shape[0], self.buffer.shape[1], -1)
+        rows_np, slots_np = as_numpy(rows), as_numpy(slots)
+        if rows_np is None or slots_np is None:
+            return rows, slots
+        return rows_np, slots_np
 
     def _fill(self, slot: int, piece: int) -> None:
         """fill_piece of source ``piece`` into buffer row ``slot``."""
